@@ -1,0 +1,944 @@
+//! The schema walker: reads the spanned TOML tree key by key, converts each
+//! value, and records every problem instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::*;
+use crate::observe::format::{LogFormat, Style};
+use crate::policy::acl::{self, Acl, AclKind, DomainPattern, Rules};
+
+type Span = Range<usize>;
+type Val<'i> = Spanned<DeValue<'i>>;
+
+#[derive(Default)]
+struct Cx {
+    diags: Vec<Diag>,
+}
+
+impl Cx {
+    fn err(&mut self, span: Span, message: impl Into<String>) {
+        self.diags.push(Diag {
+            span,
+            message: message.into(),
+        });
+    }
+}
+
+/// A table being read: remembers which keys were taken so the rest can be
+/// reported as unknown.
+struct Tab<'a, 'i> {
+    t: &'a DeTable<'i>,
+    span: Span,
+    path: String,
+    allowed: &'static [&'static str],
+    used: Vec<&'a str>,
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn int_of(v: &DeValue<'_>) -> Option<i64> {
+    match v {
+        DeValue::Integer(i) => {
+            let s = i.as_str().replace('_', "");
+            let digits = s.trim_start_matches(['+', '-']);
+            let digits = digits
+                .strip_prefix("0x")
+                .or_else(|| digits.strip_prefix("0o"))
+                .or_else(|| digits.strip_prefix("0b"))
+                .unwrap_or(digits);
+            let n = i64::from_str_radix(digits, i.radix()).ok()?;
+            Some(if s.starts_with('-') { -n } else { n })
+        }
+        _ => None,
+    }
+}
+
+impl<'a, 'i> Tab<'a, 'i> {
+    fn new(t: &'a DeTable<'i>, span: Span, path: impl Into<String>, allowed: &'static [&'static str]) -> Self {
+        Tab {
+            t,
+            span,
+            path: path.into(),
+            allowed,
+            used: Vec::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{}", self.path, key)
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Val<'i>> {
+        debug_assert!(self.allowed.contains(&key), "{key} not in allowed list");
+        let (k, v) = self.t.iter().find(|(k, _)| k.get_ref() == key)?;
+        self.used.push(k.get_ref());
+        Some(v)
+    }
+
+    fn expect<T>(&self, cx: &mut Cx, key: &str, v: &Val<'_>, what: &str) -> Option<T> {
+        cx.err(
+            v.span(),
+            format!(
+                "`{}` must be {what}, not {}",
+                self.key_path(key),
+                type_name(v.get_ref())
+            ),
+        );
+        None
+    }
+
+    fn str(&mut self, cx: &mut Cx, key: &'static str) -> Option<(&'a str, Span)> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some((s.as_ref(), v.span())),
+            _ => self.expect(cx, key, v, "a string"),
+        }
+    }
+
+    fn bool(&mut self, cx: &mut Cx, key: &'static str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => self.expect(cx, key, v, "true or false"),
+        }
+    }
+
+    fn uint(&mut self, cx: &mut Cx, key: &'static str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(key)?;
+        match int_of(v.get_ref()) {
+            Some(n) if n >= min as i64 && (n as u64) <= max => Some(n as u64),
+            Some(n) => {
+                cx.err(
+                    v.span(),
+                    format!("`{}` must be between {min} and {max}, not {n}", self.key_path(key)),
+                );
+                None
+            }
+            None => self.expect(cx, key, v, "an integer"),
+        }
+    }
+
+    fn duration(&mut self, cx: &mut Cx, key: &'static str) -> Option<Duration> {
+        let v = self.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::String(s) => parse_duration(s),
+            DeValue::Integer(_) => match int_of(v.get_ref()) {
+                Some(n) if n >= 0 => Ok(Duration::from_secs(n as u64)),
+                _ => Err("a duration cannot be negative".to_string()),
+            },
+            _ => return self.expect(cx, key, v, "a duration such as \"30s\" or \"250ms\""),
+        };
+        match parsed {
+            Ok(d) if d.is_zero() => {
+                cx.err(v.span(), format!("`{}` must be longer than zero", self.key_path(key)));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                cx.err(v.span(), format!("`{}`: {e}", self.key_path(key)));
+                None
+            }
+        }
+    }
+
+    fn table(&mut self, cx: &mut Cx, key: &'static str, allowed: &'static [&'static str]) -> Option<Tab<'a, 'i>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Tab::new(t, v.span(), self.key_path(key), allowed)),
+            _ => self.expect(cx, key, v, "a table"),
+        }
+    }
+
+    fn array(&mut self, cx: &mut Cx, key: &'static str) -> Option<&'a [Val<'i>]> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            _ => self.expect(cx, key, v, "an array"),
+        }
+    }
+
+    /// A string or an array of strings.
+    fn strings(&mut self, cx: &mut Cx, key: &'static str) -> Option<Vec<(&'a str, Span)>> {
+        let v = self.get(key)?;
+        strings_of(cx, &self.key_path(key), v)
+    }
+
+    /// Reports every key that was not taken.
+    fn finish(self, cx: &mut Cx) {
+        for (k, _) in self.t.iter() {
+            if !self.used.contains(&k.get_ref().as_ref()) {
+                let place = if self.path.is_empty() {
+                    "at the top level".to_string()
+                } else {
+                    format!("in `{}`", self.path)
+                };
+                cx.err(
+                    k.span(),
+                    format!(
+                        "unknown key `{}` {place}; expected one of: {}",
+                        k.get_ref(),
+                        self.allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn strings_of<'a>(cx: &mut Cx, path: &str, v: &'a Val<'_>) -> Option<Vec<(&'a str, Span)>> {
+    match v.get_ref() {
+        DeValue::String(s) => Some(vec![(s.as_ref(), v.span())]),
+        DeValue::Array(a) => {
+            let mut out = Vec::with_capacity(a.len());
+            for item in a.iter() {
+                match item.get_ref() {
+                    DeValue::String(s) => out.push((s.as_ref(), item.span())),
+                    other => cx.err(item.span(), format!("`{path}` lists strings, not {}", type_name(other))),
+                }
+            }
+            Some(out)
+        }
+        other => {
+            cx.err(
+                v.span(),
+                format!(
+                    "`{path}` must be a string or an array of strings, not {}",
+                    type_name(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `"30s"`, `"250ms"`, `"2m"`, `"1h"`, `"1d"`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (write e.g. \"30s\", \"250ms\", \"5m\")"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("`{s}` is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The column offset of a token inside a basic TOML string starting at `span.start`
+/// (the opening quote). Exact when the string has no escapes before the token.
+fn inner_span(span: &Span, offset: usize, len: usize) -> Span {
+    let start = span.start + 1 + offset;
+    start..start + len.max(1)
+}
+
+const TOP: &[&str] = &[
+    "visible_hostname",
+    "timeouts",
+    "resolver",
+    "hosts",
+    "acl",
+    "http",
+    "admin",
+    "listener",
+    "access_log",
+];
+
+pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
+    let (doc, errors) = DeTable::parse_recoverable(src);
+    let mut cx = Cx::default();
+    for e in errors {
+        cx.err(e.span().unwrap_or(0..0), format!("TOML syntax: {}", e.message()));
+    }
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    let mut root = Tab::new(doc.get_ref(), doc.span(), "", TOP);
+
+    let visible_hostname = match root.str(&mut cx, "visible_hostname") {
+        Some((s, span)) => {
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                cx.err(span, "`visible_hostname` must be a non-empty name without spaces");
+            }
+            s.to_string()
+        }
+        None => system_hostname(),
+    };
+
+    let timeouts = timeouts(&mut cx, &mut root);
+    let resolver = resolver(&mut cx, &mut root);
+    let acls = acls(&mut cx, &mut root);
+    let mut http = http_options(&mut cx, &mut root);
+    if http.via {
+        http.via_value = http::HeaderValue::from_str(&format!("1.1 {visible_hostname}")).ok();
+    }
+    let admin = admin(&mut cx, &mut root, &acls);
+    let listeners = listeners(&mut cx, &mut root, &acls, admin.as_ref());
+    let access_logs = access_logs(&mut cx, &mut root);
+    root.finish(&mut cx);
+
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    Ok(Config {
+        visible_hostname,
+        timeouts,
+        resolver,
+        acls: acls.into_iter().map(|(a, _)| a).collect::<Vec<_>>().into(),
+        http,
+        admin,
+        listeners,
+        access_logs,
+    })
+}
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end])
+            && !s.is_empty()
+        {
+            return s.to_string();
+        }
+    }
+    "localhost".to_string()
+}
+
+fn timeouts(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Timeouts {
+    let mut t = Timeouts::default();
+    const KEYS: &[&str] = &[
+        "connect",
+        "client_header",
+        "client_idle",
+        "server_response",
+        "tunnel_idle",
+        "shutdown",
+    ];
+    if let Some(mut tab) = root.table(cx, "timeouts", KEYS) {
+        if let Some(d) = tab.duration(cx, "connect") {
+            t.connect = d;
+        }
+        if let Some(d) = tab.duration(cx, "client_header") {
+            t.client_header = d;
+        }
+        if let Some(d) = tab.duration(cx, "client_idle") {
+            t.client_idle = d;
+        }
+        if let Some(d) = tab.duration(cx, "server_response") {
+            t.server_response = d;
+        }
+        if let Some(d) = tab.duration(cx, "tunnel_idle") {
+            t.tunnel_idle = d;
+        }
+        if let Some(d) = tab.duration(cx, "shutdown") {
+            t.shutdown = d;
+        }
+        tab.finish(cx);
+    }
+    t
+}
+
+fn resolver(cx: &mut Cx, root: &mut Tab<'_, '_>) -> ResolverConfig {
+    let mut r = ResolverConfig {
+        hosts: HashMap::new(),
+        nameservers: None,
+        cache_size: 4096,
+        timeout: Duration::from_secs(5),
+    };
+    const KEYS: &[&str] = &["nameservers", "cache_size", "timeout"];
+    if let Some(mut tab) = root.table(cx, "resolver", KEYS) {
+        if let Some(list) = tab.strings(cx, "nameservers") {
+            let mut out = Vec::new();
+            for (s, span) in list {
+                match s
+                    .parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                {
+                    Ok(a) => out.push(a),
+                    Err(_) => cx.err(span, format!("`{s}` is not a name server address (IP or IP:port)")),
+                }
+            }
+            r.nameservers = Some(out);
+        }
+        if let Some(n) = tab.uint(cx, "cache_size", 0, 1 << 24) {
+            r.cache_size = n as usize;
+        }
+        if let Some(d) = tab.duration(cx, "timeout") {
+            r.timeout = d;
+        }
+        tab.finish(cx);
+    }
+    if let Some(v) = root.get("hosts") {
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                for (k, v) in t.iter() {
+                    let name = k.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                    if name.is_empty() || name.contains(char::is_whitespace) {
+                        cx.err(k.span(), format!("`{}` is not a host name", k.get_ref()));
+                        continue;
+                    }
+                    let Some(addrs) = strings_of(cx, &format!("hosts.{name}"), v) else {
+                        continue;
+                    };
+                    let mut ips = Vec::new();
+                    for (s, span) in addrs {
+                        match s.parse::<IpAddr>() {
+                            Ok(ip) => ips.push(ip),
+                            Err(_) => cx.err(span, format!("`{s}` is not an IP address (hosts.{name})")),
+                        }
+                    }
+                    if ips.is_empty() {
+                        cx.err(v.span(), format!("`hosts.{name}` needs at least one address"));
+                    }
+                    r.hosts.insert(name, ips);
+                }
+            }
+            other => {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "`hosts` must be a table of name = [addresses], not {}",
+                        type_name(other)
+                    ),
+                );
+            }
+        }
+    }
+    r
+}
+
+/// Built-ins and the `[acl]` table, each with the span of its definition.
+fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
+    let mut out: Vec<(Acl, Option<Span>)> = acl::builtins().into_iter().map(|a| (a, None)).collect();
+    let Some(v) = root.get("acl") else { return out };
+    let DeValue::Table(t) = v.get_ref() else {
+        cx.err(
+            v.span(),
+            format!(
+                "`acl` must be a table of NAME = {{ TYPE = [...] }}, not {}",
+                type_name(v.get_ref())
+            ),
+        );
+        return out;
+    };
+    const TYPES: &[&str] = &["src", "dst", "dstdomain", "port", "method"];
+    for (k, v) in t.iter() {
+        let name = k.get_ref().as_ref();
+        let path = format!("acl.{name}");
+        if name.starts_with('!') || name.is_empty() || name.contains(char::is_whitespace) {
+            cx.err(k.span(), format!("`{name}` cannot be an ACL name"));
+            continue;
+        }
+        if out.iter().any(|(a, _)| a.name == name) {
+            cx.err(k.span(), format!("ACL `{name}` is built in and cannot be redefined"));
+            continue;
+        }
+        let DeValue::Table(def) = v.get_ref() else {
+            cx.err(
+                v.span(),
+                format!("`{path}` must be a table with one of: {}", TYPES.join(", ")),
+            );
+            continue;
+        };
+        if def.len() != 1 {
+            cx.err(
+                v.span(),
+                format!("`{path}` must have exactly one type key, one of: {}", TYPES.join(", ")),
+            );
+            continue;
+        }
+        let (tk, tv) = def.iter().next().expect("one entry");
+        let kind = match tk.get_ref().as_ref() {
+            "src" | "dst" => {
+                let Some(items) = strings_of(cx, &path, tv) else {
+                    continue;
+                };
+                let mut nets = Vec::new();
+                for (s, span) in items {
+                    match parse_net(s) {
+                        Ok(n) => nets.push(n),
+                        Err(e) => cx.err(span, format!("{e} (in ACL `{name}`)")),
+                    }
+                }
+                if tk.get_ref() == "src" {
+                    AclKind::Src(nets)
+                } else {
+                    AclKind::Dst(nets)
+                }
+            }
+            "dstdomain" => {
+                let Some(items) = strings_of(cx, &path, tv) else {
+                    continue;
+                };
+                let mut pats = Vec::new();
+                for (s, span) in items {
+                    match DomainPattern::parse(s) {
+                        Ok(p) => pats.push(p),
+                        Err(e) => cx.err(span, format!("{e} (in ACL `{name}`)")),
+                    }
+                }
+                AclKind::DstDomain(pats)
+            }
+            "port" => {
+                let items: Vec<&Val<'_>> = match tv.get_ref() {
+                    DeValue::Array(a) => a.iter().collect(),
+                    _ => vec![tv],
+                };
+                let mut ranges = Vec::new();
+                for item in items {
+                    let parsed = match item.get_ref() {
+                        DeValue::String(s) => acl::parse_port_range(s),
+                        DeValue::Integer(_) => match int_of(item.get_ref()) {
+                            Some(n) => acl::parse_port_range(&n.to_string()),
+                            None => Err("not a port".to_string()),
+                        },
+                        other => Err(format!(
+                            "a port is a number or a \"low-high\" range, not {}",
+                            type_name(other)
+                        )),
+                    };
+                    match parsed {
+                        Ok(r) => ranges.push(r),
+                        Err(e) => cx.err(item.span(), format!("{e} (in ACL `{name}`)")),
+                    }
+                }
+                AclKind::Port(ranges)
+            }
+            "method" => {
+                let Some(items) = strings_of(cx, &path, tv) else {
+                    continue;
+                };
+                let mut ms = Vec::new();
+                for (s, span) in items {
+                    match Method::from_bytes(s.as_bytes()) {
+                        Ok(m) if !s.is_empty() => ms.push(m),
+                        _ => cx.err(span, format!("`{s}` is not an HTTP method (in ACL `{name}`)")),
+                    }
+                }
+                AclKind::Method(ms)
+            }
+            other => {
+                cx.err(
+                    tk.span(),
+                    format!(
+                        "unknown ACL type `{other}` in `{path}`; expected one of: {}",
+                        TYPES.join(", ")
+                    ),
+                );
+                continue;
+            }
+        };
+        out.push((
+            Acl {
+                name: name.to_string(),
+                kind,
+            },
+            Some(k.span()),
+        ));
+    }
+    out
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        if n.network() != n.addr() {
+            return Err(format!("`{s}` has host bits set; did you mean `{}`?", n.trunc()));
+        }
+        return Ok(n);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!("`{s}` is not a CIDR network or IP address"))
+}
+
+/// Parses the `access` rule list of a listener or the admin server.
+fn rules(cx: &mut Cx, tab: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], default: &[&str]) -> Rules {
+    let lookup = |n: &str| acls.iter().position(|(a, _)| a.name == n);
+    let Some(items) = tab.strings(cx, "access") else {
+        return Rules {
+            rules: default
+                .iter()
+                .map(|l| acl::parse_rule(l, lookup).expect("default rule"))
+                .collect(),
+        };
+    };
+    let mut out = Vec::new();
+    for (text, span) in items {
+        match acl::parse_rule(text, lookup) {
+            Ok(r) => out.push(r),
+            Err(errs) => {
+                for (off, msg) in errs {
+                    let tok_len = text[off.min(text.len())..]
+                        .split_ascii_whitespace()
+                        .next()
+                        .map_or(1, str::len);
+                    cx.err(inner_span(&span, off, tok_len), msg);
+                }
+            }
+        }
+    }
+    Rules { rules: out }
+}
+
+fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
+    let mut h = HttpOptions {
+        via: true,
+        forwarded_for: ForwardedFor::On,
+        request_header_delete: Vec::new(),
+        via_value: None,
+    };
+    const KEYS: &[&str] = &["via", "forwarded_for", "request_header_delete"];
+    let Some(mut tab) = root.table(cx, "http", KEYS) else {
+        return h;
+    };
+    if let Some(b) = tab.bool(cx, "via") {
+        h.via = b;
+    }
+    if let Some((s, span)) = tab.str(cx, "forwarded_for") {
+        h.forwarded_for = match s {
+            "on" => ForwardedFor::On,
+            "off" => ForwardedFor::Off,
+            "delete" => ForwardedFor::Delete,
+            "transparent" => ForwardedFor::Transparent,
+            _ => {
+                cx.err(
+                    span,
+                    format!("`http.forwarded_for` is one of on, off, delete, transparent; not `{s}`"),
+                );
+                ForwardedFor::On
+            }
+        };
+    }
+    if let Some(list) = tab.strings(cx, "request_header_delete") {
+        for (s, span) in list {
+            match HeaderName::from_bytes(s.as_bytes()) {
+                Ok(n) => h.request_header_delete.push(n),
+                Err(_) => cx.err(span, format!("`{s}` is not a header name")),
+            }
+        }
+    }
+    tab.finish(cx);
+    h
+}
+
+fn socket_addr(cx: &mut Cx, path: &str, s: &str, span: Span) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            cx.err(span, format!("`{path}`: port 0 is not a listening port"));
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            let hint = match s.rsplit_once(':') {
+                Some((_, p)) if p.parse::<u32>().is_ok_and(|n| n > 65535) => {
+                    format!("port {p} is out of range (1-65535)")
+                }
+                Some((_, p)) if p.parse::<u32>().is_err() => format!("`{p}` is not a port"),
+                None => "it has no port".to_string(),
+                _ => "write ADDRESS:PORT, with IPv6 in brackets".to_string(),
+            };
+            cx.err(span, format!("`{path}` = \"{s}\" is not an address:port: {hint}"));
+            None
+        }
+    }
+}
+
+fn admin(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)]) -> Option<AdminConfig> {
+    const KEYS: &[&str] = &["bind", "access", "enabled"];
+    let mut tab = root.table(cx, "admin", KEYS)?;
+    let enabled = tab.bool(cx, "enabled").unwrap_or(true);
+    let bind = match tab.str(cx, "bind") {
+        Some((s, span)) => socket_addr(cx, "admin.bind", s, span),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
+    };
+    let access = rules(cx, &mut tab, acls, &["allow localhost", "deny all"]);
+    tab.finish(cx);
+    if !enabled {
+        return None;
+    }
+    Some(AdminConfig { bind: bind?, access })
+}
+
+fn listeners(
+    cx: &mut Cx,
+    root: &mut Tab<'_, '_>,
+    acls: &[(Acl, Option<Span>)],
+    admin: Option<&AdminConfig>,
+) -> Vec<ListenerConfig> {
+    const KEYS: &[&str] = &["name", "bind", "mode", "access"];
+    let mut out: Vec<ListenerConfig> = Vec::new();
+    let mut seen: Vec<(SocketAddr, Span)> = Vec::new();
+    if let Some(a) = admin {
+        seen.push((a.bind, 0..0));
+    }
+    let Some(items) = root.array(cx, "listener") else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let DeValue::Table(t) = item.get_ref() else {
+            cx.err(
+                item.span(),
+                format!(
+                    "`listener` entries are tables ([[listener]]), not {}",
+                    type_name(item.get_ref())
+                ),
+            );
+            continue;
+        };
+        let mut tab = Tab::new(t, item.span(), format!("listener[{i}]"), KEYS);
+        let name = match tab.str(cx, "name") {
+            Some((s, span)) => {
+                if out.iter().any(|l| &*l.name == s) {
+                    cx.err(span, format!("listener name `{s}` is used twice"));
+                }
+                s.to_string()
+            }
+            None => format!("listener{i}"),
+        };
+        let bind = match tab.str(cx, "bind") {
+            Some((s, span)) => {
+                let a = socket_addr(cx, &format!("listener[{i}].bind"), s, span.clone());
+                if let Some(a) = a {
+                    if let Some((_, prev)) = seen.iter().find(|(b, _)| overlaps(*b, a)) {
+                        let other = if prev.is_empty() {
+                            "the admin server's bind".to_string()
+                        } else {
+                            "an earlier listener".to_string()
+                        };
+                        cx.err(
+                            span.clone(),
+                            format!("duplicate listener address {a}: {other} already binds it"),
+                        );
+                    }
+                    seen.push((a, span));
+                }
+                a
+            }
+            None => {
+                cx.err(tab.span.clone(), format!("`listener[{i}]` needs `bind` (ADDRESS:PORT)"));
+                None
+            }
+        };
+        let mode = match tab.str(cx, "mode") {
+            Some(("forward", _)) | None => Mode::Forward,
+            Some((s, span)) => {
+                cx.err(
+                    span,
+                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward"),
+                );
+                Mode::Forward
+            }
+        };
+        let access = rules(cx, &mut tab, acls, &["allow localhost", "deny all"]);
+        tab.finish(cx);
+        if let Some(bind) = bind {
+            out.push(ListenerConfig {
+                name: name.into(),
+                bind,
+                mode,
+                access,
+            });
+        }
+    }
+    out
+}
+
+/// Two bind addresses collide when the ports match and either address is the
+/// same or a wildcard of the same family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
+    const KEYS: &[&str] = &["output", "format", "style", "queue_size"];
+    let mut out = Vec::new();
+    let Some(items) = root.array(cx, "access_log") else {
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let DeValue::Table(t) = item.get_ref() else {
+            cx.err(
+                item.span(),
+                format!(
+                    "`access_log` entries are tables ([[access_log]]), not {}",
+                    type_name(item.get_ref())
+                ),
+            );
+            continue;
+        };
+        let mut tab = Tab::new(t, item.span(), format!("access_log[{i}]"), KEYS);
+        let target = match tab.str(cx, "output") {
+            Some(("stdout", _)) | None => LogTarget::Stdout,
+            Some(("stderr", _)) => LogTarget::Stderr,
+            Some((p, span)) => {
+                if !p.starts_with('/') {
+                    cx.err(
+                        span,
+                        format!(
+                            "`access_log[{i}].output` is \"stdout\", \"stderr\" or an absolute file path, not `{p}`"
+                        ),
+                    );
+                }
+                LogTarget::File(p.into())
+            }
+        };
+        let style = match tab.str(cx, "style") {
+            Some(("squid", _)) | None => Style::Squid,
+            Some(("haproxy", _)) => Style::Haproxy,
+            Some((s, span)) => {
+                cx.err(
+                    span,
+                    format!("`access_log[{i}].style` is \"squid\" or \"haproxy\", not `{s}`"),
+                );
+                Style::Squid
+            }
+        };
+        let format = match tab.str(cx, "format") {
+            None => LogFormat::preset("squid"),
+            Some((s, span)) => {
+                if !s.contains('%') {
+                    let p = LogFormat::preset(s);
+                    if p.is_none() {
+                        cx.err(
+                            span,
+                            format!(
+                                "unknown log format preset `{s}`; presets: {}",
+                                LogFormat::preset_names().join(", ")
+                            ),
+                        );
+                    }
+                    p
+                } else {
+                    match LogFormat::parse(s, style) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            cx.err(inner_span(&span, e.offset, 1), format!("log format: {}", e.message));
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let queue_size = tab.uint(cx, "queue_size", 1, 1 << 20).unwrap_or(8192) as usize;
+        tab.finish(cx);
+        if let Some(format) = format {
+            out.push(AccessLogConfig {
+                target,
+                format: Arc::new(format),
+                queue_size,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(src: &str) -> Vec<String> {
+        match load(src) {
+            Ok(_) => vec![],
+            Err(d) => d.into_iter().map(|d| d.message).collect(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = crate::config::embedded_default();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:3128".parse().unwrap());
+        assert_eq!(c.admin.as_ref().unwrap().bind.port(), 8404);
+        assert_eq!(c.listeners[0].access.rules.len(), 7);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let e = errors(
+            r#"
+bogus = 1
+[timeouts]
+connect = true
+[acl]
+a = { src = ["10.0.0.300/8"] }
+[[listener]]
+bind = "127.0.0.1:99999"
+access = ["allow nosuch"]
+"#,
+        );
+        assert_eq!(e.len(), 5, "{e:#?}");
+        assert!(e.iter().any(|m| m.contains("unknown key `bogus`")));
+        assert!(e.iter().any(|m| m.contains("`timeouts.connect` must be a duration")));
+        assert!(e.iter().any(|m| m.contains("not a CIDR")));
+        assert!(e.iter().any(|m| m.contains("port 99999 is out of range")));
+        assert!(e.iter().any(|m| m.contains("undefined ACL `nosuch`")));
+    }
+
+    #[test]
+    fn rule_errors_point_inside_the_string() {
+        let src = "[[listener]]\nbind = \"127.0.0.1:1\"\naccess = [\"allow all !nope\"]\n";
+        let d = load(src).err().unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(&src[d[0].span.clone()], "nope");
+    }
+
+    #[test]
+    fn duplicate_binds_and_wildcards_collide() {
+        let e = errors(
+            "[[listener]]\nbind = \"0.0.0.0:3128\"\n[[listener]]\nbind = \"127.0.0.1:3128\"\n[[listener]]\nbind = \"[::1]:3128\"\n",
+        );
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("duplicate listener address 127.0.0.1:3128"));
+    }
+
+    #[test]
+    fn host_bits_are_an_error() {
+        assert!(errors("[acl]\nx = { dst = \"10.1.2.3/8\" }\n")[0].contains("did you mean `10.0.0.0/8`"));
+    }
+}

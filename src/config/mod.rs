@@ -1,0 +1,182 @@
+//! Configuration: the TOML file schema turned into a validated runtime model.
+//!
+//! [`load_file`] / [`load_str`] read a file, check every key, and return either
+//! a [`Config`] or [`Diagnostics`] listing every problem with its line and
+//! column. Nothing in the rest of the daemon reads TOML.
+
+mod diag;
+mod load;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use diag::{Diag, Diagnostics, line_col};
+
+use crate::observe::format::LogFormat;
+use crate::policy::acl::{Acl, Rules};
+
+/// The configuration used by `sekisho run` when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// The validated runtime configuration.
+pub struct Config {
+    /// Name shown on error pages and in `Via`.
+    pub visible_hostname: String,
+    pub timeouts: Timeouts,
+    pub resolver: ResolverConfig,
+    /// Every ACL, built-ins first; rules refer to them by index.
+    pub acls: Arc<[Acl]>,
+    pub http: HttpOptions,
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub access_logs: Vec<AccessLogConfig>,
+}
+
+/// Every timeout the daemon applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Per address attempt when connecting upstream.
+    pub connect: Duration,
+    /// For a client to send a complete request header block.
+    pub client_header: Duration,
+    /// For a keep-alive client connection to sit idle between requests.
+    pub client_idle: Duration,
+    /// From sending a request upstream to the response header block.
+    pub server_response: Duration,
+    /// For a tunnel with no byte in either direction.
+    pub tunnel_idle: Duration,
+    /// For in-flight transactions to finish after SIGTERM/SIGINT.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            client_header: Duration::from_secs(30),
+            client_idle: Duration::from_secs(60),
+            server_response: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(600),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Name resolution.
+#[derive(Clone, Debug)]
+pub struct ResolverConfig {
+    /// Static names (lower case), consulted before DNS.
+    pub hosts: HashMap<String, Vec<IpAddr>>,
+    /// Name servers; `None` uses the system's `/etc/resolv.conf`.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// Entries kept in the DNS cache.
+    pub cache_size: usize,
+    /// Per DNS query.
+    pub timeout: Duration,
+}
+
+/// What to do with `X-Forwarded-For` (Squid's `forwarded_for`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Append the client's address.
+    On,
+    /// Append `unknown`.
+    Off,
+    /// Remove the header.
+    Delete,
+    /// Pass it on untouched.
+    Transparent,
+}
+
+/// How HTTP requests are rewritten on their way out.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Add a `Via` header naming `visible_hostname`.
+    pub via: bool,
+    pub forwarded_for: ForwardedFor,
+    /// Request headers removed before forwarding.
+    pub request_header_delete: Vec<HeaderName>,
+    /// The `Via` entry this proxy adds (`1.1 visible_hostname`), when `via` is on.
+    pub via_value: Option<http::HeaderValue>,
+}
+
+/// The admin HTTP server (`/healthz`, later stats).
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    pub access: Rules,
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// An HTTP forward proxy (absolute-form requests and CONNECT).
+    Forward,
+}
+
+/// One listening socket.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub mode: Mode,
+    pub access: Rules,
+}
+
+/// Where an access log goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// One access-log output.
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: Arc<LogFormat>,
+    /// Records queued for the writer before new ones are dropped (and counted).
+    pub queue_size: usize,
+}
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &std::path::Path) -> Result<Config, Diagnostics> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => load_str(&name, &src),
+        Err(e) => Err(Diagnostics {
+            file: name,
+            source: String::new(),
+            items: vec![Diag {
+                span: 0..0,
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Validates configuration text; `name` is used in error messages.
+pub fn load_str(name: &str, src: &str) -> Result<Config, Diagnostics> {
+    load::load(src).map_err(|items| {
+        let mut items = items;
+        items.sort_by_key(|d| d.span.start);
+        Diagnostics {
+            file: name.to_string(),
+            source: src.to_string(),
+            items,
+        }
+    })
+}
+
+/// The embedded default configuration, validated.
+pub fn embedded_default() -> Config {
+    match load_str("<embedded default>", EMBEDDED_DEFAULT) {
+        Ok(c) => c,
+        Err(d) => panic!("the embedded default configuration is invalid:\n{d}"),
+    }
+}

@@ -1,0 +1,6 @@
+//! Egress: from a destination name to a connected upstream socket. Name
+//! resolution (static hosts first, then DNS with a cache) and connecting
+//! address by address within a per-attempt timeout.
+
+pub mod connect;
+pub mod resolve;

@@ -1,0 +1,238 @@
+//! One client connection: the HTTP/1.1 server loop around the forward proxy,
+//! with the client header and idle keep-alive deadlines and the graceful stop.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{Config, Timeouts};
+use crate::front::forward;
+use crate::listen::Session;
+use crate::observe::record::Record;
+use crate::runtime::State;
+
+/// Where a connection is between requests.
+const IDLE: u8 = 0;
+/// The first bytes of a request have arrived; its header block is not complete.
+const HEAD: u8 = 1;
+/// A request is being served.
+const BUSY: u8 = 2;
+
+/// The connection's phase, kept in atomics so the IO wrapper, the request
+/// handler and the deadline loop can all see it.
+pub struct Activity {
+    base: Instant,
+    phase: AtomicU8,
+    /// Microseconds after `base` when the phase began.
+    since: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    fn on_bytes(&self) {
+        if self.phase.load(Relaxed) == IDLE {
+            self.since.store(self.now(), Relaxed);
+            self.phase.store(HEAD, Relaxed);
+        }
+    }
+
+    /// A request's header block is complete; returns how long it took to arrive.
+    pub fn begin(&self) -> Duration {
+        self.in_flight.fetch_add(1, Relaxed);
+        let head = if self.phase.load(Relaxed) == HEAD {
+            Duration::from_micros(self.now().saturating_sub(self.since.load(Relaxed)))
+        } else {
+            Duration::ZERO
+        };
+        self.phase.store(BUSY, Relaxed);
+        head
+    }
+
+    /// A response is complete (or abandoned).
+    pub fn end(&self) {
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.since.store(self.now(), Relaxed);
+            self.phase.store(IDLE, Relaxed);
+        }
+    }
+
+    /// When the current phase runs out, if it can.
+    fn deadline(&self, t: &Timeouts) -> Option<Instant> {
+        let since = self.base + Duration::from_micros(self.since.load(Relaxed));
+        match self.phase.load(Relaxed) {
+            IDLE => Some(since + t.client_idle),
+            HEAD => Some(since + t.client_header),
+            _ => None,
+        }
+    }
+}
+
+/// What every request on a connection shares.
+pub struct Conn {
+    pub state: Arc<State>,
+    pub cfg: Arc<Config>,
+    pub session: Session,
+    pub activity: Activity,
+}
+
+impl Conn {
+    pub fn listener_name(&self) -> Arc<str> {
+        self.cfg.listeners[self.session.listener].name.clone()
+    }
+
+    pub fn record(&self) -> Record {
+        Record::new(
+            self.session.accept_time,
+            self.session.client,
+            self.session.local,
+            self.listener_name(),
+        )
+    }
+}
+
+/// The client socket as hyper sees it: notes the first bytes of each request.
+pub struct ClientIo {
+    pub stream: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.activity.on_bytes();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The IO type behind an upgraded (CONNECT) request, for taking the socket back.
+pub type UpgradeIo = TokioIo<ClientIo>;
+
+/// Serves one accepted client connection to the end.
+pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream: TcpStream) {
+    let _busy = state.busy();
+    let timeouts = cfg.timeouts;
+    let conn = Arc::new(Conn {
+        state: state.clone(),
+        cfg,
+        session,
+        activity: Activity::new(),
+    });
+    // the accept itself starts the clock for the first request
+    conn.activity.since.store(0, Relaxed);
+    conn.activity.phase.store(HEAD, Relaxed);
+    let io = TokioIo::new(ClientIo {
+        stream,
+        conn: conn.clone(),
+    });
+    let c2 = conn.clone();
+    let svc = service_fn(move |req| {
+        let c = c2.clone();
+        async move { Ok::<_, Infallible>(forward::handle(c, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(256 * 1024);
+    let served = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(served);
+    let mut stop = state.shutdown_signal();
+    let mut stopping = *stop.borrow();
+    if stopping {
+        served.as_mut().graceful_shutdown();
+    }
+    loop {
+        let deadline = conn.activity.deadline(&timeouts);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut served => {
+                if let Err(e) = r {
+                    bad_request(&conn, &e);
+                }
+                break;
+            }
+            _ = sleep => {
+                if conn.activity.deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(client = %conn.session.client, "client connection timed out while {}",
+                        if conn.activity.phase.load(Relaxed) == IDLE { "idle" } else { "sending its request header" });
+                    break;
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// A request hyper could not parse gets a log record of its own.
+fn bad_request(conn: &Conn, e: &hyper::Error) {
+    if !e.is_parse() && !e.is_parse_too_large() {
+        tracing::debug!(client = %conn.session.client, "client connection error: {e}");
+        return;
+    }
+    let mut rec = conn.record();
+    rec.status = if e.is_parse_too_large() { 431 } else { 400 };
+    rec.method = http::Method::from_bytes(b"NONE").unwrap_or(http::Method::GET);
+    rec.uri = http::Uri::from_static("error:invalid-request");
+    rec.termination = *b"PR";
+    rec.active = Duration::ZERO;
+    rec.total = conn.session.accepted.elapsed();
+    crate::observe::counters::Counters::inc(&conn.state.counters.errors);
+    conn.state.log.submit(rec);
+}

@@ -1,0 +1,179 @@
+//! A transaction in progress and the response body that carries it. The
+//! transaction's log record is written exactly once, when it is dropped:
+//! after the last byte of the response, or when the client goes away.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::front::conn::Conn;
+use crate::observe::counters::Counters;
+use crate::observe::record::{Record, ResultCode};
+use crate::relay::pool::Sender;
+
+pub struct Txn {
+    pub conn: Arc<Conn>,
+    pub rec: Record,
+    pub started: Instant,
+    /// Request body bytes, counted while they stream upstream.
+    pub req_body: Option<Arc<AtomicU64>>,
+    /// Whether this transaction holds the connection's in-flight mark.
+    in_flight: bool,
+}
+
+impl Txn {
+    pub fn new(conn: Arc<Conn>, rec: Record) -> Txn {
+        Txn {
+            conn,
+            rec,
+            started: Instant::now(),
+            req_body: None,
+            in_flight: true,
+        }
+    }
+
+    /// A tunnel outlives the HTTP connection; it no longer counts as its request.
+    pub fn detach(&mut self) {
+        if self.in_flight {
+            self.in_flight = false;
+            self.conn.activity.end();
+        }
+    }
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        self.detach();
+        let conn = &self.conn;
+        let placeholder = Record::new(UNIX_EPOCH, self.rec.client, self.rec.local, self.rec.listener.clone());
+        let mut rec = std::mem::replace(&mut self.rec, placeholder);
+        rec.active = self.started.elapsed();
+        rec.total = conn.session.accepted.elapsed();
+        if let Some(c) = &self.req_body {
+            rec.bytes_from_client += c.load(Relaxed);
+        }
+        let counters = &conn.state.counters;
+        Counters::inc(&counters.transactions);
+        match rec.result {
+            ResultCode::TcpDenied => Counters::inc(&counters.denied),
+            ResultCode::TcpMissError | ResultCode::None => Counters::inc(&counters.errors),
+            _ => {}
+        }
+        conn.state.log.submit(rec);
+    }
+}
+
+/// The body of every response the forward proxy sends.
+pub enum ProxyBody {
+    /// A page made by the proxy (errors), or nothing.
+    Full { data: Option<Bytes>, txn: Option<Txn> },
+    /// The origin's body, streamed; the upstream connection goes back to the
+    /// pool after its last byte.
+    Upstream {
+        inner: Incoming,
+        txn: Option<Txn>,
+        upstream: Option<(SocketAddr, Sender)>,
+    },
+}
+
+impl ProxyBody {
+    pub fn full(data: Bytes, txn: Txn) -> ProxyBody {
+        ProxyBody::Full {
+            data: Some(data),
+            txn: Some(txn),
+        }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full { data: None, txn: None }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full { data, txn } => match data.take() {
+                Some(d) => {
+                    if let Some(t) = txn {
+                        t.rec.bytes_to_client += d.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                None => {
+                    txn.take();
+                    Poll::Ready(None)
+                }
+            },
+            ProxyBody::Upstream { inner, txn, upstream } => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(t), Some(d)) = (txn.as_mut(), frame.data_ref()) {
+                        t.rec.bytes_to_client += d.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    upstream.take();
+                    if let Some(t) = txn.as_mut() {
+                        t.rec.termination = *b"SD";
+                        t.rec.result = ResultCode::TcpMissAborted;
+                    }
+                    txn.take();
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Ready(None) => {
+                    finish(txn, upstream);
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data, .. } => data.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// The response is complete: the upstream connection is reusable.
+fn finish(txn: &mut Option<Txn>, upstream: &mut Option<(SocketAddr, Sender)>) {
+    if let (Some((addr, tx)), Some(t)) = (upstream.take(), txn.as_ref()) {
+        t.conn.state.pool.checkin(addr, tx);
+    }
+    txn.take();
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream { inner, txn, upstream } = self
+            && txn.is_some()
+        {
+            if inner.is_end_stream() {
+                // a bodiless response hyper never polled
+                finish(txn, upstream);
+            } else if let Some(t) = txn.as_mut() {
+                // the client went away before the end of the response
+                t.rec.termination = *b"CD";
+                t.rec.result = ResultCode::TcpMissAborted;
+            }
+        }
+    }
+}

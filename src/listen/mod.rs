@@ -1,0 +1,72 @@
+//! Listen: bind the configured addresses and accept connections, each turned
+//! into a [`Session`] (who connected, through which listener) and handed to
+//! the listener's front.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use crate::front;
+use crate::runtime::State;
+
+/// Who connected, where, and when.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// Index of the listener in the config.
+    pub listener: usize,
+    pub accept_time: SystemTime,
+    pub accepted: Instant,
+}
+
+/// Binds a TCP listening socket (SO_REUSEADDR, a deep backlog).
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
+/// Accepts on one listener until shutdown begins.
+pub async fn accept_loop(state: Arc<State>, index: usize, listener: TcpListener) {
+    let mut stop = state.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => break,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream
+                    .local_addr()
+                    .unwrap_or_else(|_| listener.local_addr().expect("bound"));
+                crate::observe::counters::Counters::inc(&state.counters.connections);
+                let session = Session {
+                    client,
+                    local,
+                    listener: index,
+                    accept_time: SystemTime::now(),
+                    accepted: Instant::now(),
+                };
+                let cfg = state.config.load_full();
+                tokio::spawn(front::conn::serve(state.clone(), cfg, session, stream));
+            }
+            Err(e) => {
+                // out of descriptors or memory: back off instead of spinning
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

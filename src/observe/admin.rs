@@ -1,0 +1,102 @@
+//! The admin server: health and counters over HTTP, for localhost by default.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::policy::acl::Facts;
+use crate::runtime::{self, State};
+
+/// Accepts admin connections until shutdown begins.
+pub async fn serve(state: Arc<State>, listener: TcpListener) {
+    let mut stop = state.shutdown_signal();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(route(&st, peer, req)) }
+            });
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!("admin connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let cfg = state.config.load();
+    let Some(admin) = &cfg.admin else {
+        return text(StatusCode::NOT_FOUND, "text/plain", "admin server disabled\n".into());
+    };
+    let facts = Facts {
+        src: peer.ip(),
+        method: req.method(),
+        host: "",
+        port: 0,
+        dst: None,
+    };
+    if !admin.access.check(&cfg.acls, &facts).is_allow() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "access to the admin server is denied\n".into(),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => {
+            if state.is_shutting_down() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".into())
+            } else {
+                text(StatusCode::OK, "text/plain", "ok\n".into())
+            }
+        }
+        "/stats.json" => {
+            let (written, dropped) = runtime::log_figures(state);
+            let mut body = state.counters.to_json(written, dropped);
+            body.push('\n');
+            text(StatusCode::OK, "application/json", body)
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /healthz or /stats.json\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,1853 @@
+//! The access-log format engine: compiles a format string once and renders
+//! [`Record`]s into a reused buffer on the hot path.
+//!
+//! Two dialects are understood:
+//!
+//! * [`Style::Squid`], after Squid's `logformat`: `%`, then optionally and in
+//!   this order an encoding, `-`, `0`, a width, `.max` and `{arg}`, then the
+//!   code, e.g. `%6tr`, `%03>Hs`, `%[un`, `%{%Y/%m/%d %H:%M:%S}tl`.
+//!   Encodings: `"` quoted with backslash escapes, `[` `%XX` for whitespace,
+//!   controls, non-ASCII and `"[]%`, `#` URL encoding, `'` raw. Without one,
+//!   control characters become `%XX` (and user names are URL-encoded, as
+//!   Squid does). Zero padding only applies to numbers, `.max` only to text.
+//!   Absent values are `-` (never padded nor quoted).
+//!
+//!   Codes: `ts` `tu` `tl` `tg` (request time), `tr` (active ms), `>a` `>p`
+//!   (client), `la` `lp` `>la` `>lp` (local), `<a` `<p` (upstream), `Ss` `Sh`
+//!   `>Hs` `<st` `>st` `st` `rm` `ru` `rp` `rv` `un` `ul` `mt` `ft` (listener).
+//!
+//! * [`Style::Haproxy`], after HAProxy's `log-format`: `%`, optional
+//!   `{flags}`, then a name, where name is the longest run of letters.
+//!   Flags, comma-separated: `+Q`/`-Q` (quote text), `+E` (backslash-escape
+//!   `"`, `\`, `]`), `+X` (hexadecimal IPv4 addresses, ports and `%Ts`);
+//!   `%{...}o` sets the flags of every later variable. Text has controls and
+//!   `"` encoded as `#XX`; absent values are `-` (`""` when quoted).
+//!
+//!   Variables: `ci` `cp` `fi` `fp` `si` `sp` `ft` `b` (always `-`) `s`
+//!   (upstream `ip:port` or `<NOSRV>`) `t` `tr` (dates with ms) `Ts` `ms`
+//!   (accept time) `TR` `Tw` `Tc` `Tr` (`-1` when not run) `Ta` `Tt` `ST`
+//!   (`-1` when no status was sent) `B` `U` `HM` `HU` `HP` (path) `HQ`
+//!   (`?query`) `HV` `r` `ts` `tsc` `u` (user) `pid`.
+//!
+//! Besides custom strings there are named presets (see [`LogFormat::preset`]),
+//! one of which (`json`) is a dedicated JSON-lines renderer.
+//!
+//! Rendering does not allocate (only the output `Vec` may grow), and never
+//! panics whatever the record holds: values that cannot be shown (a time
+//! outside years 0..=9999, no upstream, no user) render as `-` (or `null`).
+//! IPv4-mapped IPv6 addresses are shown as IPv4.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::format::{DelayedFormat, Fixed, Item, StrftimeItems};
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, Offset, TimeZone, Utc};
+use http::Version;
+
+use crate::observe::record::Record;
+
+/// The dialect of a custom format string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Squid `logformat` codes (`%>a`, `%Ss/%03>Hs`, ...).
+    Squid,
+    /// HAProxy `log-format` variables (`%ci`, `%ST`, `%{+Q}r`, ...).
+    Haproxy,
+}
+
+/// A compiled access-log format.
+#[derive(Clone, Debug)]
+pub struct LogFormat {
+    kind: Kind,
+}
+
+/// A format string that could not be compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatError {
+    /// Byte offset in the format string where the problem is.
+    pub offset: usize,
+    pub message: String,
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at byte {}: {}", self.offset, self.message)
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+const PRESET_SQUID: &str = "%{%Y/%m/%d %H:%M:%S}tl %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt";
+const PRESET_COMMON: &str = "%>a - %[un [%tl] \"%rm %ru HTTP/%rv\" %>Hs %<st %Ss:%Sh";
+const PRESET_HTTPLOG: &str = "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B - - %tsc %{+Q}r";
+
+const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "json"];
+
+/// Default strftime pattern of Squid's `%tl`/`%tg`.
+const SQUID_DATE: &str = "%d/%b/%Y:%H:%M:%S %z";
+/// HAProxy's accept/request date (`%t`, `%tr`): `10/Oct/2000:13:55:36.345`.
+const HAPROXY_DATE: &str = "%d/%b/%Y:%H:%M:%S.%3f";
+/// RFC 3339 with milliseconds, for the JSON `time` key.
+const JSON_DATE: &str = "%Y-%m-%dT%H:%M:%S%.3f%:z";
+
+/// Largest accepted field width / max width; keeps a typo from padding every
+/// line with megabytes of spaces.
+const MAX_WIDTH: usize = 4096;
+
+impl LogFormat {
+    /// Named presets: `squid`, `common`, `httplog`, `json`. Returns `None` for
+    /// unknown names.
+    pub fn preset(name: &str) -> Option<LogFormat> {
+        match name {
+            "squid" => LogFormat::parse(PRESET_SQUID, Style::Squid).ok(),
+            "common" => LogFormat::parse(PRESET_COMMON, Style::Squid).ok(),
+            "httplog" => LogFormat::parse(PRESET_HTTPLOG, Style::Haproxy).ok(),
+            "json" => Some(LogFormat {
+                kind: Kind::Json(DateFmt::new(JSON_DATE, false).ok()?),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The names [`LogFormat::preset`] accepts.
+    pub fn preset_names() -> &'static [&'static str] {
+        PRESET_NAMES
+    }
+
+    /// Compile a custom format string in the given style.
+    pub fn parse(fmt: &str, style: Style) -> Result<LogFormat, FormatError> {
+        let toks = match style {
+            Style::Squid => parse_squid(fmt)?,
+            Style::Haproxy => parse_haproxy(fmt)?,
+        };
+        Ok(LogFormat {
+            kind: Kind::Tokens(toks),
+        })
+    }
+
+    /// Append one rendered line (without trailing newline) to `out`.
+    pub fn render(&self, rec: &Record, out: &mut Vec<u8>) {
+        match &self.kind {
+            Kind::Tokens(toks) => {
+                for tok in toks {
+                    match tok {
+                        Tok::Lit(s) => out.extend_from_slice(s),
+                        Tok::Squid(f) => f.render(rec, out),
+                        Tok::Hap(f) => f.render(rec, out),
+                    }
+                }
+            }
+            Kind::Json(date) => render_json(date, rec, out),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Tokens(Vec<Tok>),
+    Json(DateFmt),
+}
+
+#[derive(Clone, Debug)]
+enum Tok {
+    Lit(Box<[u8]>),
+    Squid(SquidField),
+    Hap(HapField),
+}
+
+// ---------------------------------------------------------------------------
+// Values shared by both dialects
+
+/// Which wall-clock time of the record.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    Accept,
+    Request,
+}
+
+/// Which duration of the record, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+enum Span {
+    Active,
+    Total,
+    Request,
+    Queue,
+    Connect,
+    Response,
+}
+
+#[derive(Clone, Debug)]
+enum Code {
+    /// Epoch seconds.
+    Epoch(When),
+    /// Millisecond part of the time, unpadded (Squid `%tu`).
+    SubMillis(When),
+    /// Millisecond part of the time, three digits (HAProxy `%ms`).
+    SubMillis3(When),
+    Date(When, Box<DateFmt>),
+    /// Milliseconds; `-1` for a timer that never ran.
+    Millis(Span),
+    ClientIp,
+    ClientPort,
+    LocalIp,
+    LocalPort,
+    UpstreamIp,
+    UpstreamPort,
+    /// HAProxy `%s`: `ip:port` of the upstream, `<NOSRV>` when none.
+    Server,
+    Result,
+    Hierarchy,
+    /// Status as a number (0 when none was sent).
+    Status,
+    /// Status as a number, `-1` when none was sent (HAProxy).
+    StatusHap,
+    BytesToClient,
+    BytesFromClient,
+    BytesTotal,
+    Method,
+    Uri,
+    /// Path and query (Squid `%rp`).
+    PathQuery,
+    /// Path only (HAProxy `%HP`).
+    Path,
+    /// Query with its leading `?` (HAProxy `%HQ`).
+    Query,
+    /// `1.1`
+    VersionNum,
+    /// `HTTP/1.1`
+    VersionHttp,
+    /// `GET http://x/ HTTP/1.1`
+    RequestLine,
+    User,
+    ContentType,
+    Listener,
+    /// Always absent (HAProxy `%b`: sekisho has no backends yet).
+    Absent,
+    Termination,
+    /// Termination state plus the two cookie characters (`--`).
+    TermCookie,
+    Pid(u32),
+}
+
+impl Code {
+    fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            Code::Epoch(_)
+                | Code::SubMillis(_)
+                | Code::SubMillis3(_)
+                | Code::Millis(_)
+                | Code::ClientPort
+                | Code::LocalPort
+                | Code::UpstreamPort
+                | Code::Status
+                | Code::StatusHap
+                | Code::BytesToClient
+                | Code::BytesFromClient
+                | Code::BytesTotal
+                | Code::Pid(_)
+        )
+    }
+
+    /// Append the raw value; append nothing when the value is absent.
+    fn write(&self, rec: &Record, out: &mut Vec<u8>) {
+        match self {
+            Code::Epoch(w) => {
+                if let Some((s, _)) = split_time(time_of(rec, *w)) {
+                    push_i64(out, s);
+                }
+            }
+            Code::SubMillis(w) => {
+                if let Some((_, n)) = split_time(time_of(rec, *w)) {
+                    push_u64(out, u64::from(n / 1_000_000));
+                }
+            }
+            Code::SubMillis3(w) => {
+                if let Some((_, n)) = split_time(time_of(rec, *w)) {
+                    push_3digits(out, n / 1_000_000);
+                }
+            }
+            Code::Date(w, d) => {
+                d.write(time_of(rec, *w), out);
+            }
+            Code::Millis(span) => push_i64(out, span_ms(rec, *span)),
+            Code::ClientIp => push_ip(out, rec.client.ip()),
+            Code::ClientPort => push_u64(out, u64::from(rec.client.port())),
+            Code::LocalIp => push_ip(out, rec.local.ip()),
+            Code::LocalPort => push_u64(out, u64::from(rec.local.port())),
+            Code::UpstreamIp => {
+                if let Some(up) = rec.upstream {
+                    push_ip(out, up.ip());
+                }
+            }
+            Code::UpstreamPort => {
+                if let Some(up) = rec.upstream {
+                    push_u64(out, u64::from(up.port()));
+                }
+            }
+            Code::Server => match rec.upstream {
+                Some(up) => push_sockaddr(out, up.ip(), up.port()),
+                None => out.extend_from_slice(b"<NOSRV>"),
+            },
+            Code::Result => out.extend_from_slice(rec.result.as_str().as_bytes()),
+            Code::Hierarchy => out.extend_from_slice(rec.hierarchy.as_str().as_bytes()),
+            Code::Status => push_u64(out, u64::from(rec.status)),
+            Code::StatusHap => {
+                if rec.status == 0 {
+                    out.extend_from_slice(b"-1");
+                } else {
+                    push_u64(out, u64::from(rec.status));
+                }
+            }
+            Code::BytesToClient => push_u64(out, rec.bytes_to_client),
+            Code::BytesFromClient => push_u64(out, rec.bytes_from_client),
+            Code::BytesTotal => push_u64(out, rec.bytes_to_client.saturating_add(rec.bytes_from_client)),
+            Code::Method => out.extend_from_slice(rec.method.as_str().as_bytes()),
+            Code::Uri => {
+                let _ = write!(VecWriter(out), "{}", rec.uri);
+            }
+            Code::PathQuery => match rec.uri.path_and_query() {
+                Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+                None => out.extend_from_slice(rec.uri.path().as_bytes()),
+            },
+            Code::Path => out.extend_from_slice(rec.uri.path().as_bytes()),
+            Code::Query => {
+                if let Some(q) = rec.uri.query() {
+                    out.push(b'?');
+                    out.extend_from_slice(q.as_bytes());
+                }
+            }
+            Code::VersionNum => {
+                if let Some(v) = version_str(rec.version) {
+                    out.extend_from_slice(&v.as_bytes()[5..]);
+                }
+            }
+            Code::VersionHttp => {
+                if let Some(v) = version_str(rec.version) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            Code::RequestLine => {
+                out.extend_from_slice(rec.method.as_str().as_bytes());
+                out.push(b' ');
+                let _ = write!(VecWriter(out), "{}", rec.uri);
+                out.push(b' ');
+                out.extend_from_slice(version_str(rec.version).unwrap_or("-").as_bytes());
+            }
+            Code::User => {
+                if let Some(u) = &rec.user {
+                    out.extend_from_slice(u.as_bytes());
+                }
+            }
+            Code::ContentType => {
+                if let Some(ct) = &rec.content_type {
+                    out.extend_from_slice(ct.as_bytes());
+                }
+            }
+            Code::Listener => out.extend_from_slice(rec.listener.as_bytes()),
+            Code::Absent => {}
+            Code::Termination => out.extend_from_slice(&rec.termination),
+            Code::TermCookie => {
+                out.extend_from_slice(&rec.termination);
+                out.extend_from_slice(b"--");
+            }
+            Code::Pid(pid) => push_u64(out, u64::from(*pid)),
+        }
+    }
+}
+
+fn time_of(rec: &Record, w: When) -> SystemTime {
+    match w {
+        When::Accept => rec.accept_time,
+        When::Request => rec.request_time,
+    }
+}
+
+fn span_ms(rec: &Record, span: Span) -> i64 {
+    let d = match span {
+        Span::Active => Some(rec.active),
+        Span::Total => Some(rec.total),
+        Span::Request => rec.timers.request,
+        Span::Queue => rec.timers.queue,
+        Span::Connect => rec.timers.connect,
+        Span::Response => rec.timers.response,
+    };
+    d.map_or(-1, duration_ms)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn version_str(v: Version) -> Option<&'static str> {
+    Some(match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => return None,
+    })
+}
+
+/// Seconds since the epoch (floored) and the nanoseconds past them; `None`
+/// when the seconds do not fit an `i64`.
+fn split_time(t: SystemTime) -> Option<(i64, u32)> {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Some((i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())),
+        Err(e) => {
+            let d = e.duration();
+            let s = i64::try_from(d.as_secs()).ok()?;
+            match d.subsec_nanos() {
+                0 => Some((-s, 0)),
+                n => Some((-s - 1, 1_000_000_000 - n)),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Dates
+
+/// A pre-parsed strftime pattern, rendered in UTC or in local time.
+#[derive(Clone, Debug)]
+struct DateFmt {
+    utc: bool,
+    items: Box<[Item<'static>]>,
+}
+
+/// An offset whose name prints as nothing: `DelayedFormat` stringifies the
+/// offset's name on every call, which would allocate. `%Z` is rewritten at
+/// compile time so the name is never needed.
+#[derive(Clone, Debug)]
+struct Unnamed(FixedOffset);
+
+impl Offset for Unnamed {
+    fn fix(&self) -> FixedOffset {
+        self.0
+    }
+}
+
+impl fmt::Display for Unnamed {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}
+
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: outside these, times are
+/// shown as absent (keeps chrono's time zone code well inside its range).
+const MIN_DATE_SECS: i64 = -62_167_219_200;
+const MAX_DATE_SECS: i64 = 253_402_300_799;
+
+impl DateFmt {
+    /// Compile `pattern`; the error is a message, the caller knows the offset.
+    fn new(pattern: &str, utc: bool) -> Result<DateFmt, String> {
+        let items = StrftimeItems::new(pattern)
+            .parse_to_owned()
+            .map_err(|e| format!("invalid strftime pattern {pattern:?}: {e}"))?;
+        let items = items
+            .into_iter()
+            .map(|item| match item {
+                Item::Fixed(Fixed::TimezoneName) if utc => Item::Literal("UTC"),
+                Item::Fixed(Fixed::TimezoneName) => Item::Fixed(Fixed::TimezoneOffsetColon),
+                other => other,
+            })
+            .collect();
+        let d = DateFmt { utc, items };
+        // Some items parse but cannot be formatted (`%#z`): try once now.
+        let mut probe = Vec::new();
+        if !d.write(UNIX_EPOCH, &mut probe) {
+            return Err(format!("strftime pattern {pattern:?} cannot be used for output"));
+        }
+        Ok(d)
+    }
+
+    /// Append `t` formatted; on failure append nothing and return false.
+    fn write(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let ok = self.write_inner(t, out).is_some();
+        if !ok {
+            out.truncate(start);
+        }
+        ok
+    }
+
+    fn write_inner(&self, t: SystemTime, out: &mut Vec<u8>) -> Option<()> {
+        let (secs, nanos) = split_time(t)?;
+        if !(MIN_DATE_SECS..=MAX_DATE_SECS).contains(&secs) {
+            return None;
+        }
+        let utc: NaiveDateTime = DateTime::<Utc>::from_timestamp(secs, nanos)?.naive_utc();
+        let offset = if self.utc {
+            FixedOffset::east_opt(0)?
+        } else {
+            Local.offset_from_utc_datetime(&utc)
+        };
+        let local = utc.checked_add_offset(offset)?;
+        DelayedFormat::new_with_offset(
+            Some(local.date()),
+            Some(local.time()),
+            &Unnamed(offset),
+            self.items.iter(),
+        )
+        .write_to(&mut VecWriter(out))
+        .ok()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output helpers
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// `n` (< 1000) as exactly three digits.
+fn push_3digits(out: &mut Vec<u8>, n: u32) {
+    let n = n % 1000;
+    out.extend_from_slice(&[
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    let _ = write!(VecWriter(out), "{}", ip.to_canonical());
+}
+
+fn push_sockaddr(out: &mut Vec<u8>, ip: IpAddr, port: u16) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let _ = write!(VecWriter(out), "{v4}:{port}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(VecWriter(out), "[{v6}]:{port}");
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// How the bytes of a rendered value are made safe for the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    /// Nothing escaped.
+    Raw,
+    /// Control characters (and DEL) as `%XX`.
+    Ctrl,
+    /// Squid `"`: `\"`, `\\`, `\n`, `\r`, `\t`, other controls as `\xHH`
+    /// (the caller wraps the value in double quotes).
+    Quote,
+    /// Squid `[`: whitespace, controls, non-ASCII, `"`, `[`, `]`, `%` as `%XX`.
+    Bracket,
+    /// Squid `#`: URL encoding of everything RFC 1738 calls unsafe.
+    Url,
+    /// As `Url` but leaves `%` alone (Squid's default for user names).
+    UrlKeepPercent,
+    /// HAProxy default: controls, DEL and `"` as `#XX`.
+    Hash,
+    /// HAProxy `+E`: `"`, `\` and `]` prefixed with `\`; controls as `#XX`.
+    Backslash,
+    /// JSON string contents (ASCII escapes only; the input is valid UTF-8).
+    Json,
+}
+
+impl Esc {
+    /// Write the escaped form of `b` into `buf`, return its length.
+    fn escape(self, b: u8, buf: &mut [u8; 6]) -> usize {
+        let is_ctrl = b < 0x20 || b == 0x7f;
+        let hex = |buf: &mut [u8; 6], lead: u8| {
+            buf[0] = lead;
+            buf[1] = HEX[usize::from(b >> 4)];
+            buf[2] = HEX[usize::from(b & 15)];
+            3
+        };
+        let one = |buf: &mut [u8; 6]| {
+            buf[0] = b;
+            1
+        };
+        match self {
+            Esc::Raw => one(buf),
+            Esc::Ctrl => {
+                if is_ctrl {
+                    hex(buf, b'%')
+                } else {
+                    one(buf)
+                }
+            }
+            Esc::Quote => {
+                let c = match b {
+                    b'"' => b'"',
+                    b'\\' => b'\\',
+                    b'\n' => b'n',
+                    b'\r' => b'r',
+                    b'\t' => b't',
+                    _ if is_ctrl => {
+                        buf[0] = b'\\';
+                        buf[1] = b'x';
+                        buf[2] = HEX[usize::from(b >> 4)];
+                        buf[3] = HEX[usize::from(b & 15)];
+                        return 4;
+                    }
+                    _ => return one(buf),
+                };
+                buf[0] = b'\\';
+                buf[1] = c;
+                2
+            }
+            Esc::Bracket => {
+                if is_ctrl || b >= 0x80 || matches!(b, b' ' | b'"' | b'[' | b']' | b'%') {
+                    hex(buf, b'%')
+                } else {
+                    one(buf)
+                }
+            }
+            Esc::Url | Esc::UrlKeepPercent => {
+                let unsafe_char = matches!(
+                    b,
+                    b' ' | b'"' | b'#' | b'<' | b'>' | b'[' | b'\\' | b']' | b'^' | b'`' | b'{' | b'|' | b'}' | b'~'
+                ) || (b == b'%' && self == Esc::Url);
+                if is_ctrl || b >= 0x80 || unsafe_char {
+                    hex(buf, b'%')
+                } else {
+                    one(buf)
+                }
+            }
+            Esc::Hash => {
+                if is_ctrl || b == b'"' {
+                    hex(buf, b'#')
+                } else {
+                    one(buf)
+                }
+            }
+            Esc::Backslash => {
+                if is_ctrl {
+                    hex(buf, b'#')
+                } else if matches!(b, b'"' | b'\\' | b']') {
+                    buf[0] = b'\\';
+                    buf[1] = b;
+                    2
+                } else {
+                    one(buf)
+                }
+            }
+            Esc::Json => {
+                let c = match b {
+                    b'"' => b'"',
+                    b'\\' => b'\\',
+                    b'\n' => b'n',
+                    b'\r' => b'r',
+                    b'\t' => b't',
+                    _ if b < 0x20 => {
+                        buf.copy_from_slice(b"\\u00..");
+                        buf[4] = HEX[usize::from(b >> 4)];
+                        buf[5] = HEX[usize::from(b & 15)];
+                        return 6;
+                    }
+                    _ => return one(buf),
+                };
+                buf[0] = b'\\';
+                buf[1] = c;
+                2
+            }
+        }
+    }
+}
+
+/// Escape `out[start..]` in place with `esc`, wrapping it in `quote` when
+/// given. Works backwards from the end so no temporary buffer is needed.
+fn escape_tail(out: &mut Vec<u8>, start: usize, esc: Esc, quote: Option<u8>) {
+    let end = out.len();
+    let mut buf = [0u8; 6];
+    let mut extra = if quote.is_some() { 2 } else { 0 };
+    if esc != Esc::Raw {
+        for &b in &out[start..end] {
+            extra += esc.escape(b, &mut buf) - 1;
+        }
+    }
+    if extra == 0 {
+        return;
+    }
+    out.resize(end + extra, 0);
+    let mut w = out.len();
+    if let Some(q) = quote {
+        w -= 1;
+        out[w] = q;
+    }
+    for r in (start..end).rev() {
+        let n = esc.escape(out[r], &mut buf);
+        w -= n;
+        out[w..w + n].copy_from_slice(&buf[..n]);
+    }
+    if let Some(q) = quote {
+        w -= 1;
+        out[w] = q;
+    }
+    debug_assert_eq!(w, start);
+}
+
+/// Pad `out[start..]` to `width` bytes with `fill`, on the right when `left`.
+fn pad_tail(out: &mut Vec<u8>, start: usize, width: usize, left: bool, fill: u8) {
+    let len = out.len() - start;
+    if len >= width {
+        return;
+    }
+    let n = width - len;
+    if left {
+        out.resize(out.len() + n, fill);
+    } else {
+        let end = out.len();
+        out.resize(end + n, fill);
+        out.copy_within(start..end, start + n);
+        out[start..start + n].fill(fill);
+    }
+}
+
+/// Cut `out[start..]` to at most `max` bytes without splitting a UTF-8 sequence.
+fn truncate_tail(out: &mut Vec<u8>, start: usize, max: usize) {
+    if out.len() - start <= max {
+        return;
+    }
+    let mut cut = start + max;
+    while cut > start && (out[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    out.truncate(cut);
+}
+
+// ---------------------------------------------------------------------------
+// Squid dialect
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SquidEnc {
+    /// No modifier: controls escaped, user names URL-escaped (as Squid).
+    Default,
+    Quote,
+    Bracket,
+    Url,
+    Raw,
+}
+
+#[derive(Clone, Debug)]
+struct SquidField {
+    code: Code,
+    enc: SquidEnc,
+    left: bool,
+    zero: bool,
+    width: usize,
+    max: Option<usize>,
+}
+
+impl SquidField {
+    fn render(&self, rec: &Record, out: &mut Vec<u8>) {
+        let start = out.len();
+        self.code.write(rec, out);
+        if out.len() == start {
+            out.push(b'-');
+            return;
+        }
+        let numeric = self.code.is_numeric();
+        if numeric && self.zero {
+            pad_tail(out, start, self.width, false, b'0');
+        }
+        let (esc, quote) = match self.enc {
+            SquidEnc::Default => match self.code {
+                Code::User => (Esc::UrlKeepPercent, None),
+                _ if numeric => (Esc::Raw, None),
+                _ => (Esc::Ctrl, None),
+            },
+            SquidEnc::Quote => (Esc::Quote, Some(b'"')),
+            SquidEnc::Bracket => (Esc::Bracket, None),
+            SquidEnc::Url => (Esc::Url, None),
+            SquidEnc::Raw => (Esc::Raw, None),
+        };
+        escape_tail(out, start, esc, quote);
+        if let (Some(max), false) = (self.max, numeric) {
+            truncate_tail(out, start, max);
+        }
+        pad_tail(out, start, self.width, self.left, b' ');
+    }
+}
+
+/// Squid codes, matched longest first.
+const SQUID_CODES: &[&str] = &[
+    ">Hs", "<st", ">st", ">la", ">lp", "ts", "tu", "tl", "tg", "tr", ">a", ">p", "la", "lp", "<a", "<p", "Ss", "Sh",
+    "st", "rm", "ru", "rp", "rv", "un", "ul", "mt", "ft",
+];
+
+fn squid_code(name: &str) -> Code {
+    match name {
+        "ts" => Code::Epoch(When::Request),
+        "tu" => Code::SubMillis(When::Request),
+        "tr" => Code::Millis(Span::Active),
+        ">a" => Code::ClientIp,
+        ">p" => Code::ClientPort,
+        "la" | ">la" => Code::LocalIp,
+        "lp" | ">lp" => Code::LocalPort,
+        "<a" => Code::UpstreamIp,
+        "<p" => Code::UpstreamPort,
+        "Ss" => Code::Result,
+        "Sh" => Code::Hierarchy,
+        ">Hs" => Code::Status,
+        "<st" => Code::BytesToClient,
+        ">st" => Code::BytesFromClient,
+        "st" => Code::BytesTotal,
+        "rm" => Code::Method,
+        "ru" => Code::Uri,
+        "rp" => Code::PathQuery,
+        "rv" => Code::VersionNum,
+        "un" | "ul" => Code::User,
+        "mt" => Code::ContentType,
+        "ft" => Code::Listener,
+        // `tl`/`tg` are built by the caller (they take an argument).
+        _ => Code::Absent,
+    }
+}
+
+fn err(offset: usize, message: impl Into<String>) -> FormatError {
+    FormatError {
+        offset,
+        message: message.into(),
+    }
+}
+
+/// A short excerpt of `rest` for error messages.
+fn snippet(rest: &str) -> String {
+    rest.chars()
+        .take_while(|c| !c.is_whitespace() && *c != '%')
+        .take(8)
+        .collect()
+}
+
+fn parse_number(fmt: &str, i: &mut usize) -> Result<Option<usize>, FormatError> {
+    let b = fmt.as_bytes();
+    let begin = *i;
+    let mut n: usize = 0;
+    while *i < b.len() && b[*i].is_ascii_digit() {
+        n = n.saturating_mul(10).saturating_add(usize::from(b[*i] - b'0'));
+        *i += 1;
+    }
+    if *i == begin {
+        return Ok(None);
+    }
+    if n > MAX_WIDTH {
+        return Err(err(
+            begin,
+            format!("field width {n} is too large (at most {MAX_WIDTH})"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+fn flush_lit(lit: &mut Vec<u8>, toks: &mut Vec<Tok>) {
+    if !lit.is_empty() {
+        toks.push(Tok::Lit(std::mem::take(lit).into_boxed_slice()));
+    }
+}
+
+fn parse_squid(fmt: &str) -> Result<Vec<Tok>, FormatError> {
+    let b = fmt.as_bytes();
+    let mut toks = Vec::new();
+    let mut lit = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            lit.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let pct = i;
+        i += 1;
+        if i >= b.len() {
+            return Err(err(pct, "'%' at the end of the format needs a code"));
+        }
+        if b[i] == b'%' {
+            lit.push(b'%');
+            i += 1;
+            continue;
+        }
+        let enc = match b[i] {
+            b'"' => SquidEnc::Quote,
+            b'[' => SquidEnc::Bracket,
+            b'#' => SquidEnc::Url,
+            b'\'' => SquidEnc::Raw,
+            _ => SquidEnc::Default,
+        };
+        if enc != SquidEnc::Default {
+            i += 1;
+        }
+        let left = i < b.len() && b[i] == b'-';
+        if left {
+            i += 1;
+        }
+        let zero = i < b.len() && b[i] == b'0';
+        if zero {
+            i += 1;
+        }
+        let width = parse_number(fmt, &mut i)?.unwrap_or(0);
+        let mut max = None;
+        if i < b.len() && b[i] == b'.' {
+            let dot = i;
+            i += 1;
+            max = Some(parse_number(fmt, &mut i)?.ok_or_else(|| err(dot, "'.' must be followed by a maximum width"))?);
+        }
+        let mut arg = None;
+        if i < b.len() && b[i] == b'{' {
+            let open = i;
+            let close = fmt[open..]
+                .find('}')
+                .ok_or_else(|| err(open, "unterminated '{' (missing '}')"))?;
+            arg = Some((open, &fmt[open + 1..open + close]));
+            i = open + close + 1;
+        }
+        let rest = &fmt[i..];
+        let Some(name) = SQUID_CODES
+            .iter()
+            .filter(|c| rest.starts_with(**c))
+            .max_by_key(|c| c.len())
+        else {
+            let what = snippet(rest);
+            let message = if what.is_empty() {
+                "'%' is not followed by a format code".to_string()
+            } else {
+                format!("unknown format code %{what}")
+            };
+            return Err(err(pct, message));
+        };
+        i += name.len();
+        let code = match *name {
+            "tl" | "tg" => {
+                let utc = *name == "tg";
+                let (off, pattern) = match arg {
+                    Some((open, p)) if !p.is_empty() => (open + 1, p),
+                    _ => (pct, SQUID_DATE),
+                };
+                let d = DateFmt::new(pattern, utc).map_err(|m| err(off, m))?;
+                Code::Date(When::Request, Box::new(d))
+            }
+            other => {
+                if let Some((open, _)) = arg {
+                    return Err(err(open, format!("%{other} takes no {{argument}}")));
+                }
+                squid_code(other)
+            }
+        };
+        flush_lit(&mut lit, &mut toks);
+        toks.push(Tok::Squid(SquidField {
+            code,
+            enc,
+            left,
+            zero,
+            width,
+            max,
+        }));
+    }
+    flush_lit(&mut lit, &mut toks);
+    Ok(toks)
+}
+
+// ---------------------------------------------------------------------------
+// HAProxy dialect
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HapOpts {
+    quote: bool,
+    escape: bool,
+    hex: bool,
+}
+
+#[derive(Clone, Debug)]
+struct HapField {
+    code: Code,
+    opts: HapOpts,
+}
+
+impl HapField {
+    fn render(&self, rec: &Record, out: &mut Vec<u8>) {
+        if self.opts.hex && self.write_hex(rec, out) {
+            return;
+        }
+        let start = out.len();
+        self.code.write(rec, out);
+        if self.code.is_numeric() {
+            // Numbers are never quoted nor escaped (as HAProxy).
+            if out.len() == start {
+                out.push(b'-');
+            }
+            return;
+        }
+        if out.len() == start {
+            out.extend_from_slice(if self.opts.quote { b"\"\"" } else { b"-" });
+            return;
+        }
+        let esc = if self.opts.escape { Esc::Backslash } else { Esc::Hash };
+        escape_tail(out, start, esc, self.opts.quote.then_some(b'"'));
+    }
+
+    /// `+X`: IPv4 addresses, ports and `%Ts` in hexadecimal. Returns false
+    /// when the code has no hexadecimal form (rendered normally then).
+    fn write_hex(&self, rec: &Record, out: &mut Vec<u8>) -> bool {
+        let ip = |ip: IpAddr| match ip.to_canonical() {
+            IpAddr::V4(v4) => Some(u32::from(v4)),
+            IpAddr::V6(_) => None,
+        };
+        let mut w = VecWriter(out);
+        let _ = match self.code {
+            Code::ClientIp => match ip(rec.client.ip()) {
+                Some(v) => write!(w, "{v:08X}"),
+                None => return false,
+            },
+            Code::LocalIp => match ip(rec.local.ip()) {
+                Some(v) => write!(w, "{v:08X}"),
+                None => return false,
+            },
+            Code::UpstreamIp => match rec.upstream.and_then(|u| ip(u.ip())) {
+                Some(v) => write!(w, "{v:08X}"),
+                None => return false,
+            },
+            Code::ClientPort => write!(w, "{:04X}", rec.client.port()),
+            Code::LocalPort => write!(w, "{:04X}", rec.local.port()),
+            Code::UpstreamPort => match rec.upstream {
+                Some(u) => write!(w, "{:04X}", u.port()),
+                None => return false,
+            },
+            Code::Epoch(when) => match split_time(time_of(rec, when)) {
+                Some((s, _)) if s >= 0 => write!(w, "{s:08X}"),
+                _ => return false,
+            },
+            _ => return false,
+        };
+        true
+    }
+}
+
+fn haproxy_code(name: &str) -> Result<Code, String> {
+    let date = |when| -> Result<Code, String> { Ok(Code::Date(when, Box::new(DateFmt::new(HAPROXY_DATE, false)?))) };
+    Ok(match name {
+        "ci" => Code::ClientIp,
+        "cp" => Code::ClientPort,
+        "fi" => Code::LocalIp,
+        "fp" => Code::LocalPort,
+        "si" => Code::UpstreamIp,
+        "sp" => Code::UpstreamPort,
+        "ft" => Code::Listener,
+        "b" => Code::Absent,
+        "s" => Code::Server,
+        "t" => date(When::Accept)?,
+        "tr" => date(When::Request)?,
+        "Ts" => Code::Epoch(When::Accept),
+        "ms" => Code::SubMillis3(When::Accept),
+        "TR" => Code::Millis(Span::Request),
+        "Tw" => Code::Millis(Span::Queue),
+        "Tc" => Code::Millis(Span::Connect),
+        "Tr" => Code::Millis(Span::Response),
+        "Ta" => Code::Millis(Span::Active),
+        "Tt" => Code::Millis(Span::Total),
+        "ST" => Code::StatusHap,
+        "B" => Code::BytesToClient,
+        "U" => Code::BytesFromClient,
+        "HM" => Code::Method,
+        "HU" => Code::Uri,
+        "HP" => Code::Path,
+        "HQ" => Code::Query,
+        "HV" => Code::VersionHttp,
+        "r" => Code::RequestLine,
+        "ts" => Code::Termination,
+        "tsc" => Code::TermCookie,
+        "u" => Code::User,
+        "pid" => Code::Pid(std::process::id()),
+        _ => return Err(format!("unknown log-format variable %{name}")),
+    })
+}
+
+/// Parse `+Q,-E`-style flags (commas optional) starting at byte `base`.
+fn parse_hap_flags(flags: &str, base: usize, opts: &mut HapOpts) -> Result<(), FormatError> {
+    let b = flags.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b',' | b' ' => i += 1,
+            sign @ (b'+' | b'-') => {
+                let on = sign == b'+';
+                let Some(&letter) = b.get(i + 1) else {
+                    return Err(err(base + i, "flag sign without a flag letter"));
+                };
+                match letter {
+                    b'Q' => opts.quote = on,
+                    b'E' => opts.escape = on,
+                    b'X' => opts.hex = on,
+                    _ => {
+                        return Err(err(
+                            base + i + 1,
+                            format!("unknown flag {:?} (expected Q, E or X)", snippet(&flags[i + 1..])),
+                        ));
+                    }
+                }
+                i += 2;
+            }
+            _ => {
+                return Err(err(
+                    base + i,
+                    "flags must look like +Q or -Q (Q, E or X), separated by commas",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_haproxy(fmt: &str) -> Result<Vec<Tok>, FormatError> {
+    let b = fmt.as_bytes();
+    let mut toks = Vec::new();
+    let mut lit = Vec::new();
+    let mut global = HapOpts::default();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            lit.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let pct = i;
+        i += 1;
+        if i >= b.len() {
+            return Err(err(pct, "'%' at the end of the format needs a variable"));
+        }
+        if b[i] == b'%' {
+            lit.push(b'%');
+            i += 1;
+            continue;
+        }
+        let mut opts = global;
+        if b[i] == b'{' {
+            let open = i;
+            let close = fmt[open..]
+                .find('}')
+                .ok_or_else(|| err(open, "unterminated '{' (missing '}')"))?;
+            parse_hap_flags(&fmt[open + 1..open + close], open + 1, &mut opts)?;
+            i = open + close + 1;
+        }
+        if i < b.len() && b[i] == b'[' {
+            return Err(err(pct, "sample expressions %[...] are not supported"));
+        }
+        let name_len = b[i..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        if name_len == 0 {
+            return Err(err(pct, "'%' is not followed by a variable name"));
+        }
+        let name = &fmt[i..i + name_len];
+        i += name_len;
+        if name == "o" {
+            global = opts;
+            continue;
+        }
+        let code = haproxy_code(name).map_err(|m| err(pct, m))?;
+        flush_lit(&mut lit, &mut toks);
+        toks.push(Tok::Hap(HapField { code, opts }));
+    }
+    flush_lit(&mut lit, &mut toks);
+    Ok(toks)
+}
+
+// ---------------------------------------------------------------------------
+// JSON
+
+/// A JSON string from bytes that may not be UTF-8 (invalid parts become U+FFFD).
+fn json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    for chunk in bytes.utf8_chunks() {
+        let start = out.len();
+        out.extend_from_slice(chunk.valid().as_bytes());
+        escape_tail(out, start, Esc::Json, None);
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+fn json_key(out: &mut Vec<u8>, first: bool, key: &str) {
+    if !first {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string of whatever `code` writes, or `null` when it writes nothing.
+fn json_code(out: &mut Vec<u8>, rec: &Record, code: &Code) {
+    out.push(b'"');
+    let start = out.len();
+    code.write(rec, out);
+    if out.len() == start {
+        out.pop();
+        out.extend_from_slice(b"null");
+        return;
+    }
+    escape_tail(out, start, Esc::Json, None);
+    out.push(b'"');
+}
+
+fn render_json(date: &DateFmt, rec: &Record, out: &mut Vec<u8>) {
+    out.push(b'{');
+    json_key(out, true, "time");
+    out.push(b'"');
+    if date.write(rec.request_time, out) {
+        out.push(b'"');
+    } else {
+        out.pop();
+        out.extend_from_slice(b"null");
+    }
+    json_key(out, false, "epoch");
+    match split_time(rec.request_time) {
+        Some((s, n)) => {
+            let ms = i128::from(s) * 1000 + i128::from(n / 1_000_000);
+            if ms < 0 {
+                out.push(b'-');
+            }
+            let abs = ms.unsigned_abs();
+            push_u64(out, u64::try_from(abs / 1000).unwrap_or(u64::MAX));
+            out.push(b'.');
+            push_3digits(out, (abs % 1000) as u32);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "duration_ms");
+    push_i64(out, duration_ms(rec.active));
+    json_key(out, false, "client_ip");
+    json_code(out, rec, &Code::ClientIp);
+    json_key(out, false, "client_port");
+    push_u64(out, u64::from(rec.client.port()));
+    json_key(out, false, "local_ip");
+    json_code(out, rec, &Code::LocalIp);
+    json_key(out, false, "local_port");
+    push_u64(out, u64::from(rec.local.port()));
+    json_key(out, false, "listener");
+    json_bytes(out, rec.listener.as_bytes());
+    json_key(out, false, "method");
+    json_bytes(out, rec.method.as_str().as_bytes());
+    json_key(out, false, "uri");
+    json_code(out, rec, &Code::Uri);
+    json_key(out, false, "version");
+    json_code(out, rec, &Code::VersionHttp);
+    json_key(out, false, "status");
+    push_u64(out, u64::from(rec.status));
+    json_key(out, false, "result");
+    json_bytes(out, rec.result.as_str().as_bytes());
+    json_key(out, false, "hierarchy");
+    json_bytes(out, rec.hierarchy.as_str().as_bytes());
+    json_key(out, false, "bytes_sent");
+    push_u64(out, rec.bytes_to_client);
+    json_key(out, false, "bytes_received");
+    push_u64(out, rec.bytes_from_client);
+    json_key(out, false, "user");
+    match &rec.user {
+        Some(u) => json_bytes(out, u.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "upstream");
+    match rec.upstream {
+        Some(up) => {
+            out.push(b'"');
+            push_sockaddr(out, up.ip(), up.port());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "content_type");
+    match &rec.content_type {
+        Some(ct) => json_bytes(out, ct.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "termination");
+    json_bytes(out, &rec.termination);
+    json_key(out, false, "timers");
+    out.push(b'{');
+    for (i, (key, span)) in [
+        ("TR", Span::Request),
+        ("Tw", Span::Queue),
+        ("Tc", Span::Connect),
+        ("Tr", Span::Response),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        json_key(out, i == 0, key);
+        push_i64(out, span_ms(rec, span));
+    }
+    out.push(b'}');
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::record::{Hierarchy, ResultCode, Timers};
+    use http::{HeaderValue, Method, Uri};
+    use std::sync::Arc;
+
+    fn at(secs: u64, ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
+    }
+
+    /// 2023-11-14T22:13:20.345Z request, accepted 95 ms earlier.
+    fn full() -> Record {
+        let mut r = Record::new(
+            at(1_700_000_000, 250),
+            "192.0.2.10:51234".parse().unwrap(),
+            "10.0.0.1:3128".parse().unwrap(),
+            Arc::from("main"),
+        );
+        r.request_time = at(1_700_000_000, 345);
+        r.active = Duration::from_micros(42_700);
+        r.total = Duration::from_millis(50);
+        r.timers = Timers {
+            request: Some(Duration::from_millis(1)),
+            queue: Some(Duration::ZERO),
+            connect: Some(Duration::from_millis(5)),
+            response: Some(Duration::from_millis(30)),
+        };
+        r.status = 200;
+        r.result = ResultCode::TcpMiss;
+        r.hierarchy = Hierarchy::Direct;
+        r.bytes_to_client = 1234;
+        r.bytes_from_client = 321;
+        r.method = Method::GET;
+        r.uri = Uri::from_static("http://example.com/a/b?x=1");
+        r.version = Version::HTTP_11;
+        r.user = Some(Arc::from("john doe"));
+        r.upstream = Some("93.184.216.34:80".parse().unwrap());
+        r.content_type = Some(HeaderValue::from_static("text/html"));
+        r.termination = *b"--";
+        r
+    }
+
+    /// A record where nothing happened beyond the accept.
+    fn bare() -> Record {
+        let mut r = Record::new(
+            at(1_700_000_000, 250),
+            "192.0.2.10:51234".parse().unwrap(),
+            "10.0.0.1:3128".parse().unwrap(),
+            Arc::from("main"),
+        );
+        r.request_time = at(1_700_000_000, 345);
+        r
+    }
+
+    fn render(f: &LogFormat, rec: &Record) -> String {
+        let mut out = Vec::new();
+        f.render(rec, &mut out);
+        String::from_utf8(out).expect("utf-8 line")
+    }
+
+    fn sq(fmt: &str, rec: &Record) -> String {
+        render(&LogFormat::parse(fmt, Style::Squid).expect(fmt), rec)
+    }
+
+    fn hap(fmt: &str, rec: &Record) -> String {
+        render(&LogFormat::parse(fmt, Style::Haproxy).expect(fmt), rec)
+    }
+
+    /// What chrono renders for `t` in local time, to compare with `%tl` & co.
+    fn local(t: SystemTime, pattern: &str) -> String {
+        DateTime::<Local>::from(t).format(pattern).to_string()
+    }
+
+    fn squid_err(fmt: &str) -> FormatError {
+        LogFormat::parse(fmt, Style::Squid).expect_err(fmt)
+    }
+
+    fn hap_err(fmt: &str) -> FormatError {
+        LogFormat::parse(fmt, Style::Haproxy).expect_err(fmt)
+    }
+
+    #[test]
+    fn squid_every_code() {
+        let r = full();
+        let cases = [
+            ("%ts", "1700000000"),
+            ("%tu", "345"),
+            ("%tg", "14/Nov/2023:22:13:20 +0000"),
+            ("%{%Y-%m-%dT%H:%M:%S%.3f %Z}tg", "2023-11-14T22:13:20.345 UTC"),
+            ("%tr", "42"),
+            ("%>a", "192.0.2.10"),
+            ("%>p", "51234"),
+            ("%la", "10.0.0.1"),
+            ("%lp", "3128"),
+            ("%>la", "10.0.0.1"),
+            ("%>lp", "3128"),
+            ("%<a", "93.184.216.34"),
+            ("%<p", "80"),
+            ("%Ss", "TCP_MISS"),
+            ("%Sh", "HIER_DIRECT"),
+            ("%>Hs", "200"),
+            ("%<st", "1234"),
+            ("%>st", "321"),
+            ("%st", "1555"),
+            ("%rm", "GET"),
+            ("%ru", "http://example.com/a/b?x=1"),
+            ("%rp", "/a/b?x=1"),
+            ("%rv", "1.1"),
+            ("%un", "john%20doe"),
+            ("%ul", "john%20doe"),
+            ("%mt", "text/html"),
+            ("%ft", "main"),
+        ];
+        for (fmt, want) in cases {
+            assert_eq!(sq(fmt, &r), want, "{fmt}");
+        }
+        assert_eq!(sq("%tl", &r), local(r.request_time, "%d/%b/%Y:%H:%M:%S %z"));
+        assert_eq!(
+            sq("%{%Y/%m/%d %H:%M:%S}tl", &r),
+            local(r.request_time, "%Y/%m/%d %H:%M:%S")
+        );
+        // %Z in local time is the numeric offset (what chrono prints for Local).
+        assert_eq!(sq("%{%Z}tl", &r), local(r.request_time, "%:z"));
+    }
+
+    #[test]
+    fn squid_absent_values_are_dashes() {
+        let r = bare();
+        for fmt in [
+            "%<a", "%<p", "%un", "%ul", "%mt", "%[un", "%\"un", "%#un", "%'un", "%5<a", "%-5<p",
+        ] {
+            assert_eq!(sq(fmt, &r), "-", "{fmt}");
+        }
+        assert_eq!(sq("%03>Hs", &r), "000");
+        assert_eq!(sq("%>Hs", &r), "0");
+        assert_eq!(sq("%tr %<st %>st %st", &r), "0 0 0 0");
+        let mut r = full();
+        r.user = Some(Arc::from(""));
+        assert_eq!(sq("%un", &r), "-");
+        // CONNECT: authority-form target has no path.
+        r.method = Method::CONNECT;
+        r.uri = Uri::from_static("example.com:443");
+        assert_eq!(sq("%rm %ru %rp", &r), "CONNECT example.com:443 -");
+    }
+
+    #[test]
+    fn squid_modifiers() {
+        let mut r = full();
+        assert_eq!(sq("%6tr|", &r), "    42|");
+        assert_eq!(sq("%-6tr|", &r), "42    |");
+        assert_eq!(sq("%06tr|", &r), "000042|");
+        assert_eq!(sq("%-06tr|", &r), "000042|");
+        assert_eq!(sq("%2tr|", &r), "42|");
+        assert_eq!(sq("%05rm|", &r), "  GET|", "zero padding is for numbers");
+        assert_eq!(sq("%.4ru|", &r), "http|");
+        assert_eq!(sq("%10.4ru|", &r), "      http|");
+        assert_eq!(sq("%-10.4ru|", &r), "http      |");
+        assert_eq!(sq("%.2tr|", &r), "42|", "max width does not cut numbers");
+        assert_eq!(sq("%\"un", &r), "\"john doe\"");
+        assert_eq!(sq("%[un", &r), "john%20doe");
+        assert_eq!(sq("%'un", &r), "john doe");
+        assert_eq!(sq("%#un", &r), "john%20doe");
+        assert_eq!(sq("%\"12un|", &r), "  \"john doe\"|");
+
+        r.request_time = at(1_700_000_000, 5);
+        assert_eq!(sq("%ts.%03tu", &r), "1700000000.005");
+        assert_eq!(sq("%tu", &r), "5");
+
+        r.user = Some(Arc::from("a\"b\\c\n\u{1}"));
+        assert_eq!(sq("%\"un", &r), "\"a\\\"b\\\\c\\n\\x01\"");
+        r.user = Some(Arc::from("[x] 100%\t\"é"));
+        assert_eq!(sq("%[un", &r), "%5Bx%5D%20100%25%09%22%C3%A9");
+        assert_eq!(sq("%#un", &r), "%5Bx%5D%20100%25%09%22%C3%A9");
+        assert_eq!(sq("%un", &r), "%5Bx%5D%20100%%09%22%C3%A9");
+        assert_eq!(sq("%'un", &r), "[x] 100%\t\"é");
+
+        // Default encoding keeps control characters out of the line.
+        r.listener = Arc::from("a\nb");
+        assert_eq!(sq("%ft", &r), "a%0Ab");
+        assert_eq!(sq("%'ft", &r), "a\nb");
+
+        // Max width never splits a UTF-8 sequence.
+        r.listener = Arc::from("aé");
+        assert_eq!(sq("%.2ft|", &r), "a|");
+        assert_eq!(sq("%.3ft|", &r), "aé|");
+    }
+
+    #[test]
+    fn squid_literals_and_longest_match() {
+        let r = full();
+        assert_eq!(sq("100%% of %rm!", &r), "100% of GET!");
+        assert_eq!(sq("%%%%", &r), "%%");
+        assert_eq!(sq("", &r), "");
+        assert_eq!(sq("no codes é", &r), "no codes é");
+        // `%tsx` is `%ts` followed by a literal `x`; `%>Hs` wins over `%>h`-ish prefixes.
+        assert_eq!(sq("%tsx", &r), "1700000000x");
+        assert_eq!(sq("%>Hs%st%<st%>st", &r), "20015551234321");
+        // render appends to what is already in the buffer
+        let f = LogFormat::parse("%rm", Style::Squid).unwrap();
+        let mut out = b"prefix ".to_vec();
+        f.render(&r, &mut out);
+        f.render(&r, &mut out);
+        assert_eq!(out, b"prefix GETGET");
+    }
+
+    #[test]
+    fn squid_preset_line() {
+        let f = LogFormat::preset("squid").unwrap();
+        let r = full();
+        let want = format!(
+            "{} 1700000000.345     42 192.0.2.10 TCP_MISS/200 1234 GET \
+             http://example.com/a/b?x=1 john%20doe HIER_DIRECT/93.184.216.34 text/html",
+            local(r.request_time, "%Y/%m/%d %H:%M:%S")
+        );
+        assert_eq!(render(&f, &r), want);
+
+        let r = bare();
+        let want = format!(
+            "{} 1700000000.345      0 192.0.2.10 NONE/000 0 GET / - HIER_NONE/- -",
+            local(r.request_time, "%Y/%m/%d %H:%M:%S")
+        );
+        assert_eq!(render(&f, &r), want);
+    }
+
+    #[test]
+    fn common_preset_line() {
+        let f = LogFormat::preset("common").unwrap();
+        let r = full();
+        let want = format!(
+            "192.0.2.10 - john%20doe [{}] \"GET http://example.com/a/b?x=1 HTTP/1.1\" \
+             200 1234 TCP_MISS:HIER_DIRECT",
+            local(r.request_time, "%d/%b/%Y:%H:%M:%S %z")
+        );
+        assert_eq!(render(&f, &r), want);
+    }
+
+    #[test]
+    fn haproxy_every_code() {
+        let r = full();
+        let pid = std::process::id().to_string();
+        let cases = [
+            ("%ci", "192.0.2.10"),
+            ("%cp", "51234"),
+            ("%fi", "10.0.0.1"),
+            ("%fp", "3128"),
+            ("%si", "93.184.216.34"),
+            ("%sp", "80"),
+            ("%ft", "main"),
+            ("%b", "-"),
+            ("%s", "93.184.216.34:80"),
+            ("%Ts", "1700000000"),
+            ("%ms", "250"),
+            ("%TR", "1"),
+            ("%Tw", "0"),
+            ("%Tc", "5"),
+            ("%Tr", "30"),
+            ("%Ta", "42"),
+            ("%Tt", "50"),
+            ("%ST", "200"),
+            ("%B", "1234"),
+            ("%U", "321"),
+            ("%HM", "GET"),
+            ("%HU", "http://example.com/a/b?x=1"),
+            ("%HP", "/a/b"),
+            ("%HQ", "?x=1"),
+            ("%HV", "HTTP/1.1"),
+            ("%r", "GET http://example.com/a/b?x=1 HTTP/1.1"),
+            ("%ts", "--"),
+            ("%tsc", "----"),
+            ("%u", "john doe"),
+            ("%pid", pid.as_str()),
+        ];
+        for (fmt, want) in cases {
+            assert_eq!(hap(fmt, &r), want, "{fmt}");
+        }
+        assert_eq!(hap("%t", &r), local(r.accept_time, "%d/%b/%Y:%H:%M:%S%.3f"));
+        assert_eq!(hap("%tr", &r), local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f"));
+        assert!(hap("%t", &r).ends_with(".250"));
+        assert!(hap("%tr", &r).ends_with(".345"));
+    }
+
+    #[test]
+    fn haproxy_absent_values() {
+        let r = bare();
+        let cases = [
+            ("%si", "-"),
+            ("%sp", "-"),
+            ("%s", "<NOSRV>"),
+            ("%TR/%Tw/%Tc/%Tr/%Ta/%Tt", "-1/-1/-1/-1/0/0"),
+            ("%ST", "-1"),
+            ("%u", "-"),
+            ("%HQ", "-"),
+            ("%{+Q}u", "\"\""),
+            ("%{+Q}b", "\"\""),
+            ("%{+X}si", "-"),
+            ("%{+X}sp", "-"),
+        ];
+        for (fmt, want) in cases {
+            assert_eq!(hap(fmt, &r), want, "{fmt}");
+        }
+    }
+
+    #[test]
+    fn haproxy_flags() {
+        let mut r = full();
+        assert_eq!(hap("%{+Q}r", &r), "\"GET http://example.com/a/b?x=1 HTTP/1.1\"");
+        assert_eq!(
+            hap("%{+Q}o%ci %HM %{-Q}HU %ST", &r),
+            "\"192.0.2.10\" \"GET\" http://example.com/a/b?x=1 200"
+        );
+        assert_eq!(hap("%{+X}ci:%{+X}cp", &r), "C000020A:C822");
+        assert_eq!(hap("%{+X}Ts", &r), "6553F100");
+        assert_eq!(hap("%{+X}HM", &r), "GET", "no hex form: rendered as usual");
+        r.user = Some(Arc::from("a\"b]\\c\nd"));
+        assert_eq!(hap("%u", &r), "a#22b]\\c#0Ad");
+        assert_eq!(hap("%{+Q,+E}u", &r), "\"a\\\"b\\]\\\\c#0Ad\"");
+        assert_eq!(hap("%{+Q+E}u", &r), "\"a\\\"b\\]\\\\c#0Ad\"");
+        assert_eq!(hap("100%% %{}u", &r), "100% a#22b]\\c#0Ad");
+        r.client = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(hap("%{+X}ci %ci", &r), "2001:db8::1 2001:db8::1");
+    }
+
+    #[test]
+    fn httplog_preset_line() {
+        let f = LogFormat::preset("httplog").unwrap();
+        let r = full();
+        let want = format!(
+            "192.0.2.10:51234 [{}] main -/93.184.216.34:80 1/0/5/30/42 200 1234 - - ---- \
+             \"GET http://example.com/a/b?x=1 HTTP/1.1\"",
+            local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f")
+        );
+        assert_eq!(render(&f, &r), want);
+
+        let r = bare();
+        let want = format!(
+            "192.0.2.10:51234 [{}] main -/<NOSRV> -1/-1/-1/-1/0 -1 0 - - ---- \
+             \"GET / HTTP/1.1\"",
+            local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f")
+        );
+        assert_eq!(render(&f, &r), want);
+    }
+
+    fn json(rec: &Record) -> serde_json::Value {
+        let line = render(&LogFormat::preset("json").unwrap(), rec);
+        assert!(!line.contains('\n'), "one line: {line}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    #[test]
+    fn json_preset() {
+        let r = full();
+        let v = json(&r);
+        assert_eq!(v["time"], local(r.request_time, "%Y-%m-%dT%H:%M:%S%.3f%:z").as_str());
+        assert_eq!(v["epoch"].as_f64(), Some(1_700_000_000.345));
+        let line = render(&LogFormat::preset("json").unwrap(), &r);
+        assert!(line.contains("\"epoch\":1700000000.345,"), "{line}");
+        assert_eq!(v["duration_ms"], 42);
+        assert_eq!(v["client_ip"], "192.0.2.10");
+        assert_eq!(v["client_port"], 51234);
+        assert_eq!(v["local_ip"], "10.0.0.1");
+        assert_eq!(v["local_port"], 3128);
+        assert_eq!(v["listener"], "main");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["uri"], "http://example.com/a/b?x=1");
+        assert_eq!(v["version"], "HTTP/1.1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["result"], "TCP_MISS");
+        assert_eq!(v["hierarchy"], "HIER_DIRECT");
+        assert_eq!(v["bytes_sent"], 1234);
+        assert_eq!(v["bytes_received"], 321);
+        assert_eq!(v["user"], "john doe");
+        assert_eq!(v["upstream"], "93.184.216.34:80");
+        assert_eq!(v["content_type"], "text/html");
+        assert_eq!(v["termination"], "--");
+        assert_eq!(v["timers"], serde_json::json!({"TR": 1, "Tw": 0, "Tc": 5, "Tr": 30}));
+        assert_eq!(v.as_object().unwrap().len(), 21);
+    }
+
+    #[test]
+    fn json_preset_absent_and_escaping() {
+        let v = json(&bare());
+        assert_eq!(v["user"], serde_json::Value::Null);
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert_eq!(v["content_type"], serde_json::Value::Null);
+        assert_eq!(v["status"], 0);
+        assert_eq!(v["timers"], serde_json::json!({"TR": -1, "Tw": -1, "Tc": -1, "Tr": -1}));
+
+        let mut r = full();
+        r.user = Some(Arc::from("q\"b\\s\n\t\u{1}\u{7f}é"));
+        r.listener = Arc::from("l\"1");
+        r.content_type = Some(HeaderValue::from_bytes(b"text/\xffplain; x=\"y\"").unwrap());
+        r.termination = [0xff, b'\\'];
+        r.upstream = Some("[2001:db8::2]:8080".parse().unwrap());
+        let v = json(&r);
+        assert_eq!(v["user"], "q\"b\\s\n\t\u{1}\u{7f}é");
+        assert_eq!(v["listener"], "l\"1");
+        assert_eq!(v["content_type"], "text/\u{FFFD}plain; x=\"y\"");
+        assert_eq!(v["termination"], "\u{FFFD}\\");
+        assert_eq!(v["upstream"], "[2001:db8::2]:8080");
+    }
+
+    #[test]
+    fn parse_errors() {
+        let e = squid_err("%rm %zz");
+        assert_eq!(e.offset, 4);
+        assert!(e.message.contains("%zz"), "{e}");
+        let e = squid_err("%{User-Agent}>h");
+        assert_eq!(e.offset, 0);
+        assert!(e.message.contains(">h"), "{e}");
+        let e = squid_err("abc %{%Y");
+        assert_eq!(e.offset, 5);
+        assert!(e.message.contains('{'), "{e}");
+        let e = squid_err("ab %{%Q}tl");
+        assert_eq!(e.offset, 5);
+        assert!(e.message.contains("strftime"), "{e}");
+        assert_eq!(squid_err("%{%#z}tg").offset, 2);
+        assert_eq!(squid_err("%{%}tg").offset, 2);
+        assert_eq!(squid_err("x %").offset, 2);
+        assert_eq!(squid_err("%5.xtr").offset, 2);
+        assert_eq!(squid_err("%{x}rm").offset, 1);
+        assert_eq!(squid_err("%999999999999999999999999tr").offset, 1);
+        assert_eq!(squid_err("%-").offset, 0);
+        // Display shows offset and message.
+        assert!(squid_err("%zz").to_string().contains("at byte 0"));
+
+        let e = hap_err("%ci %foo");
+        assert_eq!(e.offset, 4);
+        assert!(e.message.contains("%foo"), "{e}");
+        assert_eq!(hap_err("%tsx").offset, 0);
+        assert_eq!(hap_err("ab %{+Q").offset, 4);
+        assert_eq!(hap_err("%{+Z}r").offset, 3);
+        assert_eq!(hap_err("%{Q}r").offset, 2);
+        assert_eq!(hap_err("%{+}r").offset, 2);
+        assert_eq!(hap_err("%[src]").offset, 0);
+        assert_eq!(hap_err("a % b").offset, 2);
+        assert_eq!(hap_err("%").offset, 0);
+        assert_eq!(hap_err("%{+Q}").offset, 0);
+    }
+
+    #[test]
+    fn presets() {
+        for name in LogFormat::preset_names() {
+            assert!(LogFormat::preset(name).is_some(), "{name}");
+        }
+        assert!(LogFormat::preset("nope").is_none());
+        assert!(LogFormat::preset("Squid").is_none());
+        fn send_sync<T: Send + Sync + Clone + fmt::Debug>() {}
+        send_sync::<LogFormat>();
+        send_sync::<FormatError>();
+    }
+
+    /// Every code with every modifier on odd records: no panic, and the
+    /// JSON stays parseable.
+    #[test]
+    fn odd_records_never_panic() {
+        let mut odd = Vec::new();
+        let mut r = full();
+        r.request_time = UNIX_EPOCH - Duration::from_millis(1_500);
+        r.accept_time = UNIX_EPOCH - Duration::from_secs(3);
+        odd.push(r.clone());
+        if let Some(t) = UNIX_EPOCH.checked_add(Duration::from_secs(i64::MAX as u64)) {
+            r.request_time = t;
+            r.accept_time = t;
+            odd.push(r.clone());
+        }
+        if let Some(t) = UNIX_EPOCH.checked_add(Duration::from_secs(300_000_000_000)) {
+            r.request_time = t;
+            r.accept_time = t;
+            odd.push(r.clone());
+        }
+        r.active = Duration::MAX;
+        r.total = Duration::MAX;
+        r.timers.response = Some(Duration::MAX);
+        r.bytes_to_client = u64::MAX;
+        r.bytes_from_client = u64::MAX;
+        r.status = u16::MAX;
+        r.client = "[::ffff:192.0.2.7]:1".parse().unwrap();
+        r.local = "[fe80::1%2]:0".parse().unwrap();
+        r.upstream = Some("[2001:db8::9]:65535".parse().unwrap());
+        r.version = Version::HTTP_2;
+        r.method = Method::from_bytes(b"WEIRD-METHOD").unwrap();
+        r.uri = Uri::from_static("example.com:443");
+        r.termination = [0, 0xff];
+        r.user = Some(Arc::from("\u{0}\u{1b}[31m\"\\%]é"));
+        r.listener = Arc::from("");
+        r.content_type = Some(HeaderValue::from_bytes(b"\xff\xfe\t").unwrap());
+        odd.push(r);
+        odd.push(bare());
+
+        let mut formats = Vec::new();
+        for code in SQUID_CODES {
+            for m in ["", "\"", "[", "#", "'", "-", "0", "-07", "\"-010.3", "[3.1", "{%s %Z}"] {
+                if m.starts_with('{') && !matches!(*code, "tl" | "tg") {
+                    continue;
+                }
+                formats.push(LogFormat::parse(&format!("%{m}{code}|"), Style::Squid).unwrap());
+            }
+        }
+        formats.push(LogFormat::parse("%tl %tg", Style::Squid).unwrap());
+        let hap_codes = [
+            "ci", "cp", "fi", "fp", "si", "sp", "ft", "b", "s", "t", "tr", "Ts", "ms", "TR", "Tw", "Tc", "Tr", "Ta",
+            "Tt", "ST", "B", "U", "HM", "HU", "HP", "HQ", "HV", "r", "ts", "tsc", "u", "pid",
+        ];
+        for code in hap_codes {
+            for m in ["", "{+Q}", "{+E}", "{+X}", "{+Q,+E,+X}"] {
+                formats.push(LogFormat::parse(&format!("%{m}{code}|"), Style::Haproxy).unwrap());
+            }
+        }
+        for name in LogFormat::preset_names() {
+            formats.push(LogFormat::preset(name).unwrap());
+        }
+
+        let mut out = Vec::new();
+        for rec in &odd {
+            for f in &formats {
+                out.clear();
+                f.render(rec, &mut out);
+                assert!(!out.is_empty());
+            }
+            let v = json(rec);
+            assert!(v.is_object());
+        }
+
+        // A few exact values on the odd records.
+        let before = &odd[0];
+        assert_eq!(sq("%ts %tu %03tu", before), "-2 500 500");
+        assert_eq!(json(before)["epoch"].as_f64(), Some(-1.5));
+        let line = render(&LogFormat::preset("json").unwrap(), before);
+        assert!(line.contains("\"epoch\":-1.500,"), "{line}");
+        assert_eq!(sq("%tg", before), "31/Dec/1969:23:59:58 +0000");
+        let last = &odd[odd.len() - 2];
+        assert_eq!(sq("%tl|%tg", last), "-|-");
+        assert_eq!(hap("%t|%tr", last), "-|-");
+        assert_eq!(json(last)["time"], serde_json::Value::Null);
+        assert_eq!(sq("%>a %la %<a", last), "192.0.2.7 fe80::1 2001:db8::9");
+        assert_eq!(hap("%s %HV %{+X}ci", last), "[2001:db8::9]:65535 HTTP/2.0 C0000207");
+        assert_eq!(sq("%rv %st", last), format!("2.0 {}", u64::MAX));
+        assert_eq!(sq("%ft", last), "-");
+        assert_eq!(hap("%ft %{+Q}ft", last), "- \"\"");
+        assert_eq!(sq("%[un", last), "%00%1B%5B31m%22\\%25%5D%C3%A9");
+        assert_eq!(hap("%Ta %Tt %Tr", last), format!("{0} {0} {0}", i64::MAX));
+    }
+}

@@ -1,0 +1,7 @@
+//! Observe: one log record per transaction, counters, and the admin server.
+
+pub mod admin;
+pub mod counters;
+pub mod format;
+pub mod record;
+pub mod writer;

@@ -1,0 +1,140 @@
+//! The access-log record: one per transaction (an HTTP exchange or a tunnel).
+//!
+//! The front fills a record as the transaction progresses; the record is
+//! rendered once, when the transaction ends, by every configured log output.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri, Version};
+
+/// Squid-style result code (`%Ss`): how the transaction was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultCode {
+    /// Forwarded to the origin and answered.
+    TcpMiss,
+    /// Forwarded, but the client went away before the reply was complete.
+    TcpMissAborted,
+    /// Refused by the access rules.
+    TcpDenied,
+    /// A CONNECT tunnel.
+    TcpTunnel,
+    /// The proxy could not reach or hear from the origin; the status is an error page.
+    TcpMissError,
+    /// The request never reached the point of choosing an origin (bad request, shutdown).
+    None,
+}
+
+impl ResultCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultCode::TcpMiss => "TCP_MISS",
+            ResultCode::TcpMissAborted => "TCP_MISS_ABORTED",
+            ResultCode::TcpDenied => "TCP_DENIED",
+            ResultCode::TcpTunnel => "TCP_TUNNEL",
+            ResultCode::TcpMissError => "TCP_MISS",
+            ResultCode::None => "NONE",
+        }
+    }
+}
+
+/// Squid-style hierarchy code (`%Sh`): where the request was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Straight to the origin.
+    Direct,
+    /// Nowhere (denied, error before choosing).
+    None,
+}
+
+impl Hierarchy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hierarchy::Direct => "HIER_DIRECT",
+            Hierarchy::None => "HIER_NONE",
+        }
+    }
+}
+
+/// Timers in the HAProxy sense, each `None` when the phase never happened
+/// (rendered as `-1` by the HAProxy codes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timers {
+    /// `%TR`: from the first byte of the request to its complete header block.
+    pub request: Option<Duration>,
+    /// `%Tw`: time spent waiting in queues (no queues in the forward proxy: zero).
+    pub queue: Option<Duration>,
+    /// `%Tc`: time to establish the upstream TCP connection (zero when a pooled one was reused).
+    pub connect: Option<Duration>,
+    /// `%Tr`: from sending the request upstream to receiving the response header block.
+    pub response: Option<Duration>,
+}
+
+/// Everything a log line can show about one transaction.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Wall-clock time the client connection was accepted (`%t`).
+    pub accept_time: SystemTime,
+    /// Wall-clock time the request started (`%tr` HAProxy, `%ts`/`%tu`/`%tl` Squid).
+    pub request_time: SystemTime,
+    /// Time from the request's start to the end of the transaction (`%Ta`, Squid `%tr`).
+    pub active: Duration,
+    /// Time from accept to the end of the transaction (`%Tt`).
+    pub total: Duration,
+    pub timers: Timers,
+    /// Address and port of the client (`%>a`/`%>p`, `%ci`/`%cp`).
+    pub client: SocketAddr,
+    /// Address and port the client connected to (`%la`/`%lp`, `%fi`/`%fp`).
+    pub local: SocketAddr,
+    /// Name of the listener (`%ft`).
+    pub listener: Arc<str>,
+    /// HTTP status sent to the client (`%>Hs`, `%ST`); 0 when none was sent.
+    pub status: u16,
+    pub result: ResultCode,
+    pub hierarchy: Hierarchy,
+    /// Bytes sent to the client, headers included (`%<st`, `%B`).
+    pub bytes_to_client: u64,
+    /// Bytes received from the client, headers included (`%>st`, `%U`).
+    pub bytes_from_client: u64,
+    pub method: Method,
+    /// The request target as the client sent it (`%ru`, `%HU`).
+    pub uri: Uri,
+    pub version: Version,
+    /// The authenticated user, when there is one (`%un`).
+    pub user: Option<Arc<str>>,
+    /// The upstream address actually connected to (`%<a`/`%<p`, `%si`/`%sp`).
+    pub upstream: Option<SocketAddr>,
+    /// The response's Content-Type (`%mt`).
+    pub content_type: Option<HeaderValue>,
+    /// HAProxy termination state (`%ts`, two characters: who ended it, in which phase).
+    pub termination: [u8; 2],
+}
+
+impl Record {
+    /// A record for a transaction that starts now on a connection accepted at `accept_time`.
+    pub fn new(accept_time: SystemTime, client: SocketAddr, local: SocketAddr, listener: Arc<str>) -> Record {
+        Record {
+            accept_time,
+            request_time: SystemTime::now(),
+            active: Duration::ZERO,
+            total: Duration::ZERO,
+            timers: Timers::default(),
+            client,
+            local,
+            listener,
+            status: 0,
+            result: ResultCode::None,
+            hierarchy: Hierarchy::None,
+            bytes_to_client: 0,
+            bytes_from_client: 0,
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            version: Version::HTTP_11,
+            user: None,
+            upstream: None,
+            content_type: None,
+            termination: *b"--",
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Relay: moving bytes once the upstream is chosen. HTTP exchanges over pooled
+//! keep-alive upstream connections, and byte tunnels.
+
+pub mod body;
+pub mod headers;
+pub mod pool;
+pub mod tunnel;

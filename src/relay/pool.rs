@@ -1,0 +1,108 @@
+//! Idle keep-alive connections to origins, keyed by the exact address
+//! connected to, so a reused connection always goes where the access rules
+//! allowed. The map is behind a mutex held only for a push or a pop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::relay::body::ReqBody;
+
+pub type Sender = SendRequest<ReqBody>;
+
+/// Idle connections kept per origin address.
+const MAX_IDLE_PER_ADDR: usize = 64;
+/// An idle connection older than this is closed rather than reused.
+pub const IDLE_TTL: Duration = Duration::from_secs(60);
+
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+type Map = Mutex<HashMap<SocketAddr, Vec<Idle>>>;
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Arc<Map>,
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
+    }
+
+    /// A ready idle connection to `addr`, most recently used first.
+    pub fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut map = self.idle.lock().ok()?;
+        let list = map.get_mut(&addr)?;
+        while let Some(i) = list.pop() {
+            if !i.tx.is_closed() && i.tx.is_ready() && i.since.elapsed() < IDLE_TTL {
+                return Some(i.tx);
+            }
+        }
+        None
+    }
+
+    /// Gives a connection back once its response is complete. One that is not
+    /// ready yet is put back when it becomes ready (or dropped if it closes).
+    pub fn checkin(&self, addr: SocketAddr, mut tx: Sender) {
+        if tx.is_closed() {
+            return;
+        }
+        if tx.is_ready() {
+            put(&self.idle, addr, tx);
+            return;
+        }
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), tx.ready()).await {
+                put(&idle, addr, tx);
+            }
+        });
+    }
+
+    /// Drops closed and expired connections; run periodically.
+    pub fn sweep(&self) {
+        if let Ok(mut map) = self.idle.lock() {
+            map.retain(|_, list| {
+                list.retain(|i| !i.tx.is_closed() && i.since.elapsed() < IDLE_TTL);
+                !list.is_empty()
+            });
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+}
+
+fn put(idle: &Map, addr: SocketAddr, tx: Sender) {
+    if let Ok(mut map) = idle.lock() {
+        let list = map.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ADDR {
+            list.remove(0);
+        }
+        list.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Starts an HTTP/1.1 client connection on a connected socket.
+pub async fn handshake(stream: TcpStream) -> Result<Sender, hyper::Error> {
+    let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(tx)
+}

@@ -1,0 +1,196 @@
+//! Runtime: the shared state of a running daemon, startup, signals and the
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::egress::resolve::Resolver;
+use crate::observe::counters::Counters;
+use crate::observe::writer::AccessLog;
+use crate::relay::pool::Pool;
+
+/// Everything the connection handlers share. A connection takes one `Arc` of
+/// the current config at accept and keeps it to the end.
+pub struct State {
+    pub config: ArcSwap<Config>,
+    pub counters: Counters,
+    pub log: AccessLog,
+    pub resolver: Resolver,
+    pub pool: Pool,
+    shutdown: watch::Sender<bool>,
+    drained: Notify,
+}
+
+/// Held by every client connection and tunnel; the shutdown waits for the
+/// last one to be dropped.
+pub struct Busy {
+    state: Arc<State>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.state.counters.active.fetch_sub(1, Relaxed) == 1 {
+            self.state.drained.notify_waiters();
+        }
+    }
+}
+
+impl State {
+    pub fn new(config: Config, log: AccessLog) -> Arc<State> {
+        let resolver = Resolver::new(&config.resolver);
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(State {
+            config: ArcSwap::from_pointee(config),
+            counters: Counters::default(),
+            log,
+            resolver,
+            pool: Pool::new(),
+            shutdown,
+            drained: Notify::new(),
+        })
+    }
+
+    /// Marks one more client connection (or tunnel) as in progress.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.counters.active.fetch_add(1, Relaxed);
+        Busy { state: self.clone() }
+    }
+
+    /// A receiver that sees `true` once shutdown has begun.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Stops accepting, asks connections to finish, and waits for them up to
+    /// `deadline`. Returns how many were still open at the deadline.
+    pub async fn shut_down(&self, deadline: Duration) -> u64 {
+        let _ = self.shutdown.send(true);
+        let wait = async {
+            loop {
+                let notified = self.drained.notified();
+                if self.counters.active.load(Relaxed) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.counters.active.load(Relaxed)
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; returns the signal's name.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGINT: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// The counter that tracks access-log records, for the admin server.
+pub fn log_figures(state: &State) -> (u64, u64) {
+    (state.log.written(), state.log.dropped())
+}
+
+/// Binds every listener, starts the daemon, and runs until SIGTERM/SIGINT,
+/// then drains. Errors that stop the start are returned as one clear line.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let state = rt.block_on(start_and_wait(cfg))?;
+    // tasks still running at the deadline are dropped here; their records are queued
+    rt.shutdown_timeout(Duration::from_secs(1));
+    state.log.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
+    let mut listeners = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let sock = crate::listen::bind_tcp(l.bind)
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("cannot bind listener `{}` on {}: {e}", l.name, l.bind))?;
+        listeners.push((i, sock));
+    }
+    let admin = match &cfg.admin {
+        Some(a) => Some(
+            crate::listen::bind_tcp(a.bind)
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| format!("cannot bind the admin server on {}: {e}", a.bind))?,
+        ),
+        None => None,
+    };
+    let log = AccessLog::start(&cfg.access_logs).map_err(|e| e.to_string())?;
+    let shutdown_deadline = cfg.timeouts.shutdown;
+    let names: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| format!("{} on {}", l.name, l.bind))
+        .collect();
+    let admin_addr = cfg.admin.as_ref().map(|a| a.bind);
+    let state = State::new(cfg, log);
+    for (i, l) in listeners {
+        tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
+    }
+    if let Some(a) = admin {
+        tokio::spawn(crate::observe::admin::serve(state.clone(), a));
+    }
+    let sweeper = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            sweeper.pool.sweep();
+        }
+    });
+    tracing::info!(
+        "ready: {}{}",
+        names.join(", "),
+        admin_addr.map(|a| format!("; admin on {a}")).unwrap_or_default()
+    );
+
+    let sig = stop_signal().await;
+    let open = state.counters.active.load(Relaxed);
+    tracing::info!(
+        "{sig}: no longer accepting; waiting up to {} s for {open} open connection(s)",
+        shutdown_deadline.as_secs_f64()
+    );
+    let left = tokio::select! {
+        n = state.shut_down(shutdown_deadline) => n,
+        s = stop_signal() => {
+            tracing::warn!("{s} again: stopping at once");
+            state.counters.active.load(Relaxed)
+        }
+    };
+    if left > 0 {
+        tracing::warn!("{left} connection(s) still open at the shutdown deadline; closing them");
+    }
+    Ok(state)
+}
