@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::config::{Config, Timeouts};
 use crate::front::forward;
@@ -36,6 +37,8 @@ pub struct Activity {
     /// Microseconds after `base` when the phase began.
     since: AtomicU64,
     in_flight: AtomicU32,
+    /// Wakes the deadline loop when a request ends, so the idle clock starts.
+    ended: Notify,
 }
 
 impl Activity {
@@ -45,6 +48,7 @@ impl Activity {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            ended: Notify::new(),
         }
     }
 
@@ -76,6 +80,7 @@ impl Activity {
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
             self.since.store(self.now(), Relaxed);
             self.phase.store(IDLE, Relaxed);
+            self.ended.notify_one();
         }
     }
 
@@ -205,6 +210,7 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream
                 }
                 break;
             }
+            _ = conn.activity.ended.notified() => {}
             _ = sleep => {
                 if conn.activity.deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!(client = %conn.session.client, "client connection timed out while {}",

@@ -1,1 +1,13 @@
+//! sekisho's one integration-test binary: the real daemon on loopback ports,
+//! driven by real clients (curl, raw sockets).
 
+mod acl;
+mod check;
+mod connect;
+mod dns;
+mod failover;
+mod forward;
+mod harness;
+mod headers;
+mod lifecycle;
+mod log;

@@ -1,0 +1,158 @@
+//! `sekisho check`: every class of configuration error, with file, line and column.
+
+use std::process::Command;
+
+use crate::harness::{TempDir, bin};
+
+fn check(text: &str) -> (bool, String, String) {
+    let dir = TempDir::new();
+    let p = dir.path("c.toml");
+    std::fs::write(&p, text).unwrap();
+    let o = Command::new(bin()).args(["check", "-c"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    (o.status.success(), err, p.display().to_string())
+}
+
+/// Asserts one `file:line:col: error: ...` line containing `needle`.
+fn assert_error(text: &str, line: usize, col: usize, needle: &str) {
+    let (ok, err, file) = check(text);
+    assert!(!ok, "check accepted:\n{text}");
+    let want = format!("{file}:{line}:{col}: error: ");
+    assert!(
+        err.lines().any(|l| l.starts_with(&want) && l.contains(needle)),
+        "expected `{want}...{needle}` in:\n{err}"
+    );
+}
+
+const LISTENER: &str = "[[listener]]\nbind = \"127.0.0.1:3128\"\n";
+
+#[test]
+fn valid_config_passes() {
+    let (ok, err, _) = check(LISTENER);
+    assert!(ok, "{err}");
+    let o = Command::new(bin()).arg("default-config").output().unwrap();
+    let (ok, err, _) = check(&String::from_utf8(o.stdout).unwrap());
+    assert!(ok, "embedded default must validate: {err}");
+}
+
+#[test]
+fn unknown_keys() {
+    assert_error(
+        "[[listener]]\nbind = \"127.0.0.1:3128\"\nbnid = 1\n",
+        3,
+        1,
+        "unknown key `bnid` in `listener[0]`",
+    );
+    assert_error(
+        "[timeouts]\nconect = \"1s\"\n",
+        2,
+        1,
+        "unknown key `conect` in `timeouts`",
+    );
+    assert_error("colour = \"blue\"\n", 1, 1, "unknown key `colour` at the top level");
+}
+
+#[test]
+fn wrong_types() {
+    assert_error(
+        "[timeouts]\nconnect = true\n",
+        2,
+        11,
+        "`timeouts.connect` must be a duration",
+    );
+    assert_error("[http]\nvia = \"yes\"\n", 2, 7, "`http.via` must be true or false");
+    assert_error(
+        "[[listener]]\nbind = 3128\n",
+        2,
+        8,
+        "`listener[0].bind` must be a string",
+    );
+    assert_error("[timeouts]\nconnect = \"5 parsecs\"\n", 2, 11, "unknown unit");
+}
+
+#[test]
+fn bad_cidrs() {
+    assert_error(
+        "[acl]\nnet = { src = [\"10.0.0.0/33\"] }\n",
+        2,
+        16,
+        "`10.0.0.0/33` is not a CIDR",
+    );
+    assert_error(
+        "[acl]\nnet = { dst = \"10.1.2.3/8\" }\n",
+        2,
+        15,
+        "did you mean `10.0.0.0/8`",
+    );
+}
+
+#[test]
+fn bad_ports() {
+    assert_error(
+        "[[listener]]\nbind = \"127.0.0.1:70000\"\n",
+        2,
+        8,
+        "port 70000 is out of range",
+    );
+    assert_error("[[listener]]\nbind = \"127.0.0.1\"\n", 2, 8, "it has no port");
+    assert_error("[acl]\np = { port = [80, 0] }\n", 2, 19, "`0` is not a port");
+    assert_error("[acl]\np = { port = [\"90-80\"] }\n", 2, 15, "runs backwards");
+}
+
+#[test]
+fn undefined_acl_names() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:3128\"\naccess = [\"allow localnet\", \"deny !nosuch all\"]\n";
+    // both the undefined name and its exact column inside the rule string
+    assert_error(text, 3, 18, "undefined ACL `localnet`");
+    assert_error(text, 3, 36, "undefined ACL `nosuch`");
+}
+
+#[test]
+fn duplicate_listener_addresses() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:3128\"\n[[listener]]\nbind = \"127.0.0.1:3128\"\n";
+    assert_error(text, 4, 8, "duplicate listener address 127.0.0.1:3128");
+    let wildcard = "[[listener]]\nbind = \"0.0.0.0:3128\"\n[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:3128\"\n";
+    assert_error(wildcard, 5, 8, "duplicate listener address");
+    let admin = "[admin]\nbind = \"127.0.0.1:3128\"\n[[listener]]\nbind = \"127.0.0.1:3128\"\n";
+    assert_error(admin, 4, 8, "the admin server's bind already binds it");
+}
+
+#[test]
+fn every_error_is_printed_not_just_the_first() {
+    let text =
+        "a = 1\n[timeouts]\nconnect = \"x\"\n[acl]\nn = { src = \"bad\" }\n[[listener]]\nbind = \"127.0.0.1:0\"\n";
+    let (ok, err, _) = check(text);
+    assert!(!ok);
+    assert!(err.contains("4 errors"), "{err}");
+}
+
+#[test]
+fn syntax_errors_have_a_location() {
+    let (ok, err, file) = check("[[listener]]\nbind = \"127.0.0.1:3128\n");
+    assert!(!ok);
+    assert!(err.starts_with(&format!("{file}:2:")), "{err}");
+    assert!(err.contains("TOML syntax"), "{err}");
+}
+
+#[test]
+fn run_refuses_an_invalid_file() {
+    let dir = TempDir::new();
+    let p = dir.path("c.toml");
+    std::fs::write(&p, "[timeouts]\nconnect = 5x\n").unwrap();
+    let o = Command::new(bin()).args(["run", "-c"]).arg(&p).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(":2:"),
+        "run must print the located error"
+    );
+}
+
+#[test]
+fn version_flag() {
+    let o = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("sekisho {}", env!("CARGO_PKG_VERSION"))
+    );
+}
