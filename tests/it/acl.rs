@@ -69,17 +69,17 @@ fn dst_acl_checks_every_address_it_connects_to() {
     let trap = std::net::TcpListener::bind(("127.0.0.3", origin.port)).unwrap();
     trap.set_nonblocking(true).unwrap();
     // two addresses: the first is forbidden, the second allowed; the proxy skips the first
-    let p = start(&format!(
+    let p = start(
         r#"
 [hosts]
 "two.test" = ["127.0.0.3", "127.0.0.1"]
 [acl]
-bad = {{ dst = "127.0.0.3" }}
+bad = { dst = "127.0.0.3" }
 [[listener]]
-bind = "127.0.0.1:{{PORT}}"
+bind = "127.0.0.1:{PORT}"
 access = ["deny bad", "allow all"]
-"#
-    ));
+"#,
+    );
     let (code, _) = curl_status(&p.proxy(), &format!("http://two.test:{}/echo", origin.port), &[]);
     assert_eq!(code, 200);
     assert!(trap.accept().is_err(), "the forbidden address was never connected to");
