@@ -395,7 +395,11 @@ fn headers_len(h: &HeaderMap) -> u64 {
 }
 
 fn request_head_len<B>(req: &Request<B>) -> u64 {
-    let line = req.method().as_str().len() + 1 + req.uri().to_string().len() + 11;
+    let u = req.uri();
+    let target = u.scheme_str().map_or(0, |s| s.len() + 3)
+        + u.authority().map_or(0, |a| a.as_str().len())
+        + u.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 11;
     line as u64 + headers_len(req.headers()) + 2
 }
 

@@ -53,6 +53,13 @@ impl Drop for Txn {
         let conn = &self.conn;
         let placeholder = Record::new(UNIX_EPOCH, self.rec.client, self.rec.local, self.rec.listener.clone());
         let mut rec = std::mem::replace(&mut self.rec, placeholder);
+        if rec.status == 0 && rec.termination == *b"--" {
+            // the client went away before any answer: during the connect or the wait for headers
+            rec.termination = if rec.upstream.is_some() { *b"CH" } else { *b"CC" };
+            if rec.result == ResultCode::None && rec.hierarchy == crate::observe::record::Hierarchy::Direct {
+                rec.result = ResultCode::TcpMissAborted;
+            }
+        }
         rec.active = self.started.elapsed();
         rec.total = conn.session.accepted.elapsed();
         if let Some(c) = &self.req_body {

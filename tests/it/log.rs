@@ -202,3 +202,17 @@ fn bad_requests_are_logged_too() {
     assert!(line.contains("NONE/400"), "{line}");
     assert!(line.contains("error:invalid-request"), "{line}");
 }
+
+#[test]
+fn client_abort_is_logged_with_its_phase() {
+    let origin = Origin::start();
+    let p = start(&with_log("[[access_log]]\nformat = \"httplog\"\n"));
+    let o = curl(&["-s", "-x", &p.proxy(), "--max-time", "1", &origin.url("/hang")]);
+    assert!(!o.status.success(), "curl gave up");
+    let line = p.log_lines(1).remove(0);
+    assert!(
+        line.contains(" CH-- "),
+        "client aborted while waiting for the response headers: {line}"
+    );
+    assert!(line.contains(" -1 "), "no status was sent: {line}");
+}
