@@ -19,10 +19,9 @@ import statistics
 import sys
 
 FWD_ORDER = ["direct", "sekisho-log", "sekisho-nolog", "squid", "tinyproxy"]
-CONNECT_ORDER = ["direct", "sekisho-log", "sekisho-nolog", "squid", "tinyproxy", "direct-end"]
+CONNECT_ORDER = FWD_ORDER
 LABELS = {
     "direct": "direct to nginx (no proxy)",
-    "direct-end": "direct to nginx (no proxy), repeated at the end",
     "sekisho-log": "sekisho, access log on",
     "sekisho-nolog": "sekisho, access log off",
     "squid": "Squid",
@@ -80,14 +79,24 @@ def main():
 
     out = []
     p = out.append
+    fwd_med = {}
+    if fwd:
+        forward_section(p, fwd, notes, metad, fwd_med)
+    conn_med = {}
+    if conn:
+        connect_section(p, conn, notes, metad, conn_med, expected_size)
+    targets_section(p, fwd_med, conn_med, bool(fwd), bool(conn))
+    tail_section(p, notes, meta)
+    print("\n".join(out))
 
-    # ---- forward proxy, keep-alive
+
+def forward_section(p, fwd, notes, metad, fwd_med):
+    """Forward proxy, keep-alive: absolute numbers, then ratios of medians."""
     p("### Forward proxy, HTTP/1.1 keep-alive, `GET http://127.0.0.1:ORIGIN/small` (%s-byte body)"
       % metad.get("small_file_bytes", "?"))
     p("")
     p("| target | req/s (median) | p50 latency | p99 latency | proxy CPU (median) | req/s per run | errors (all runs) | other CPU (max) |")
     p("|---|---:|---:|---:|---:|---|---|---:|")
-    fwd_med = {}
     for name in FWD_ORDER:
         runs = fwd.get(name)
         if not runs:
@@ -119,13 +128,15 @@ def main():
                                 ratio(fwd_med.get(name), fwd_med.get("tinyproxy"))))
     p("")
 
-    # ---- CONNECT
+
+
+def connect_section(p, conn, notes, metad, conn_med, expected_size):
+    """CONNECT download: MB/s and the ratio to the direct transfer."""
     p("### CONNECT tunnel, download of a %s-byte file (`curl -p -x`), MB = 10^6 bytes"
       % metad.get("big_file_bytes", "?"))
     p("")
     p("| path | MB/s (median) | ÷ direct | proxy CPU (median) | MB/s per run | problems | other CPU (max) |")
     p("|---|---:|---:|---:|---|---|---:|")
-    conn_med = {}
     for name in CONNECT_ORDER:
         runs = conn.get(name)
         if not runs:
@@ -145,7 +156,7 @@ def main():
                 problems.append("run %d: curl exit %d" % (r["run"], r["rc"]))
             if r["code"] != "200":
                 problems.append("run %d: HTTP %s" % (r["run"], r["code"]))
-            if name not in ("direct", "direct-end") and r["connect_code"] != "200":
+            if name != "direct" and r["connect_code"] != "200":
                 problems.append("run %d: CONNECT %s" % (r["run"], r["connect_code"]))
             if expected_size and r["size"] != expected_size:
                 problems.append("run %d: got %d bytes" % (r["run"], r["size"]))
@@ -165,18 +176,21 @@ def main():
     p("in % of one CPU (e.g. a compile running at the same time); runs above FOREIGN_MAX are repeated.")
     p("")
 
-    # ---- targets
+
+
+def targets_section(p, fwd_med, conn_med, have_fwd, have_conn):
+    direct = conn_med.get("direct")
     p("### Targets")
     p("")
 
     def verdict(ok):
         return "n/a" if ok is None else ("MET" if ok else "NOT MET")
 
-    for name in ["sekisho-log", "sekisho-nolog"]:
+    for name in ["sekisho-log", "sekisho-nolog"] if have_fwd else []:
         a, b = fwd_med.get(name), fwd_med.get("squid")
         ok = None if a is None or not b else a / b >= 4.0
         p("- %s: forward req/s ≥ 4 × Squid: %s (%s×)" % (LABELS[name], verdict(ok), ratio(a, b)))
-    for name in ["sekisho-log", "sekisho-nolog"]:
+    for name in ["sekisho-log", "sekisho-nolog"] if have_conn else []:
         a = conn_med.get(name)
         ok = None if a is None or not direct else a / direct >= 0.85
         p("- %s: CONNECT ≥ 85%% of direct: %s (%s)" % (
@@ -184,6 +198,9 @@ def main():
             "n/a" if a is None or not direct else "%.1f%%" % (100 * a / direct)))
     p("")
 
+
+
+def tail_section(p, notes, meta):
     other_notes = [(n, t) for n, ts in notes.items() for t in ts]
     if other_notes:
         p("### Notes from the run")
@@ -206,7 +223,6 @@ def main():
         if k.startswith("cmd_"):
             p(v)
     p("```")
-    print("\n".join(out))
 
 
 if __name__ == "__main__":

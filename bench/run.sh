@@ -16,7 +16,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 
 DURATION=${DURATION:-10}        # seconds per measured wrk run
-WARMUP=${WARMUP:-2}             # seconds of unmeasured wrk load before the runs (0 = none)
+WARMUP=${WARMUP:-2}             # seconds of unmeasured wrk load per target, and one unmeasured
+                                # download per target, before the runs (0 = no warm-up)
 CONNECTIONS=${CONNECTIONS:-32}  # wrk -c
 THREADS=${THREADS:-1}           # wrk -t
 RUNS=${RUNS:-3}                 # repetitions of each measurement; the median is reported
@@ -25,6 +26,7 @@ SMALL_BYTES=${SMALL_BYTES:-100} # size of the keep-alive response body
 PROXY_CPU=${PROXY_CPU:-0}       # CPU the proxies are pinned to
 LOAD_CPU=${LOAD_CPU:-1}         # CPU wrk, curl and nginx are pinned to
 TARGETS=${TARGETS:-"sekisho-log sekisho-nolog squid tinyproxy"}
+MODES=${MODES:-"forward connect"} # which measurements to make
 KEEP_TMP=${KEEP_TMP:-0}         # 1 = keep the temporary directory
 OUT_DIR=${OUT_DIR:-}            # if set: report.md and raw outputs are copied there
 QUIET_PCT=${QUIET_PCT:-10}      # before each run, wait until the machine uses at most this % of a CPU
@@ -112,8 +114,13 @@ cpu_ticks() { # user+system clock ticks of a whole process (all threads); 0 when
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-sys_busy() { # user+nice+system clock ticks of the whole machine (what processes are charged)
-    awk '/^cpu / { print $2 + $3 + $4; exit }' /proc/stat
+sys_busy() { # user+nice+system+irq+softirq ticks of the whole machine (per-process times include
+    # the softirq work done in a process's context, which /proc/stat counts as softirq)
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
+}
+
+sys_steal() { # steal ticks of the whole machine (a VM waiting for its host)
+    awk '/^cpu / { print $9; exit }' /proc/stat
 }
 
 nginx_ticks() { # CPU ticks of the nginx master and workers (0 before nginx runs)
@@ -122,8 +129,10 @@ nginx_ticks() { # CPU ticks of the nginx master and workers (0 before nginx runs
     echo "$t"
 }
 
-child_ticks() { # user+system ticks of this shell's reaped children (the load generator)
-    times >"$TMP/times"
+# user+system ticks of this shell's reaped children (the load generator). `times` must run
+# in the main shell (a $(...) subshell has no children of its own), so call it as
+#   times >"$TMP/times"; x=$(child_ticks)
+child_ticks() {
     tail -n 1 "$TMP/times" | awk -v hz="$CLK_TCK" '{
         s = 0
         for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); s += a[1] * 60 + a[2] }
@@ -260,105 +269,130 @@ taskset -c "$LOAD_CPU" cat "$TMP/www/big" >/dev/null # into the page cache
 #   M_PROXY    CPU used by process PID during CMD, % of one CPU ("" when PID is empty)
 #   M_FOREIGN  CPU used by everything else on the machine (not the proxy, nginx, or CMD),
 #              % of one CPU; other engineers' builds show up here
+#   M_STEAL    CPU time the hypervisor gave to other guests, % of one CPU
 measure() {
-    local pid=$1 out=$2 b0 b1 p0=0 p1=0 n0 n1 c0 c1 t0 t1
+    local pid=$1 out=$2 b0 b1 p0=0 p1=0 n0 n1 c0 c1 s0 s1 t0 t1
     shift 2
     wait_quiet
-    b0=$(sys_busy); n0=$(nginx_ticks); c0=$(child_ticks)
+    times >"$TMP/times"
+    b0=$(sys_busy); n0=$(nginx_ticks); c0=$(child_ticks); s0=$(sys_steal)
     [[ -n $pid ]] && p0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
     M_RC=0
     "$@" >"$out" 2>&1 || M_RC=$?
     t1=$(date +%s.%N)
     [[ -n $pid ]] && p1=$(cpu_ticks "$pid")
-    b1=$(sys_busy); n1=$(nginx_ticks); c1=$(child_ticks)
+    times >"$TMP/times"
+    b1=$(sys_busy); n1=$(nginx_ticks); c1=$(child_ticks); s1=$(sys_steal)
     M_PROXY=""
     [[ -n $pid ]] && M_PROXY=$(awk -v d=$((p1 - p0)) -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
         'BEGIN { printf "%.1f", 100 * d / hz / (t1 - t0) }')
     M_FOREIGN=$(awk -v d=$(((b1 - b0) - (p1 - p0) - (n1 - n0) - (c1 - c0))) -v t0="$t0" -v t1="$t1" \
         -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", 100 * d / hz / (t1 - t0) }')
+    M_STEAL=$(awk -v d=$((s1 - s0)) -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.1f", 100 * d / hz / (t1 - t0) }')
 }
 
 noisy() { # noisy FOREIGN_PCT: true when other processes used more than FOREIGN_MAX
     awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'
 }
 
-run_wrk() { # run_wrk NAME PORT TARGET HOST PID(or empty)
-    local name=$1 port=$2 target=$3 host=$4 pid=$5 run out line attempt
-    local cmd=(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency
-        -s "$HERE/forward.lua" "http://127.0.0.1:$port/")
-    record_cmd "wrk_$name" "BENCH_TARGET=$target BENCH_HOST=$host ${cmd[*]}"
-    if ((WARMUP > 0)); then
-        BENCH_TARGET=$target BENCH_HOST=$host taskset -c "$LOAD_CPU" wrk -t"$THREADS" \
-            -c"$CONNECTIONS" -d"${WARMUP}s" -s "$HERE/forward.lua" "http://127.0.0.1:$port/" \
-            >"$TMP/wrk-$name-warmup.out" 2>&1 || true
+# Targets: "direct" (nginx itself) and the proxies. For each: T_PORT (where wrk/curl
+# connect), T_PID (the proxy process; empty for direct).
+declare -A T_PORT=() T_PID=()
+
+wrk_cmd() { # wrk_cmd NAME SECONDS: sets CMD to the wrk command line for a target
+    local name=$1 secs=$2 target host
+    if [[ $name == direct ]]; then
+        target=/small host=""
+    else
+        target=http://127.0.0.1:$ORIGIN/small host=127.0.0.1:$ORIGIN
     fi
-    for ((run = 1; run <= RUNS; run++)); do
-        out=$TMP/wrk-$name-$run.out
-        for ((attempt = 0; ; attempt++)); do
-            measure "$pid" "$out" env BENCH_TARGET="$target" BENCH_HOST="$host" "${cmd[@]}"
-            if noisy "$M_FOREIGN" && ((attempt < RETRIES)); then
-                note "$name" "wrk run $run discarded and repeated: other processes used ${M_FOREIGN}% of a CPU"
-                continue
-            fi
-            break
-        done
-        if ((M_RC != 0)); then
-            note "$name" "wrk run $run exited with status $M_RC: $(tail -n 3 "$out" | tr '\n' ' ')"
-            continue
-        fi
-        line=$(grep '^BENCH_RESULT' "$out" || true)
-        if [[ -z $line ]]; then
-            note "$name" "wrk run $run printed no result: $(tail -n 3 "$out" | tr '\n' ' ')"
-            continue
-        fi
-        kv() { grep -o " $1=[^ ]*" <<<"$line" | cut -d= -f2; }
-        printf 'fwd\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$run" \
-            "$(kv rps)" "$(kv p50_us)" "$(kv p99_us)" "$(kv requests)" "$(kv err_connect)" \
-            "$(kv err_read)" "$(kv err_write)" "$(kv err_status)" "$(kv err_timeout)" \
-            "$M_PROXY" "$M_FOREIGN" >>"$RESULTS"
-        log "$name wrk run $run: $(kv rps) req/s, p50 $(kv p50_us) us, p99 $(kv p99_us) us," \
-            "proxy cpu ${M_PROXY:--}%, other processes ${M_FOREIGN}%"
-        if grep -q 'Non-2xx' "$out"; then
-            note "$name" "wrk run $run: $(grep 'Non-2xx' "$out" | sed 's/^ *//')"
-        fi
-        if grep -q 'Socket errors' "$out"; then
-            note "$name" "wrk run $run: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
-        fi
-        if noisy "$M_FOREIGN"; then
-            note "$name" "wrk run $run kept although other processes used ${M_FOREIGN}% of a CPU"
-        fi
-    done
+    CMD=(env BENCH_TARGET="$target" BENCH_HOST="$host" taskset -c "$LOAD_CPU" wrk -t"$THREADS"
+        -c"$CONNECTIONS" -d"${secs}s" --latency -s "$HERE/forward.lua" "http://127.0.0.1:${T_PORT[$name]}/")
 }
 
-run_connect() { # run_connect NAME PROXYPORT(or empty for direct) PID(or empty)
-    local name=$1 port=$2 pid=$3 run out attempt speed size code ccode
-    local cmd=(taskset -c "$LOAD_CPU" curl -s)
-    [[ -n $port ]] && cmd+=(-p -x "http://127.0.0.1:$port")
-    cmd+=("http://127.0.0.1:$ORIGIN/big" -o /dev/null --max-time 600
-        -w '%{speed_download} %{size_download} %{http_code} %{http_connect}')
-    record_cmd "curl_$name" "${cmd[*]}"
-    for ((run = 1; run <= RUNS; run++)); do
-        out=$TMP/curl-$name-$run.out
-        for ((attempt = 0; ; attempt++)); do
-            measure "$pid" "$out" "${cmd[@]}"
-            if noisy "$M_FOREIGN" && ((attempt < RETRIES)); then
-                note "$name" "CONNECT run $run discarded and repeated: other processes used ${M_FOREIGN}% of a CPU"
-                continue
-            fi
-            break
-        done
-        speed=0 size=0 code=000 ccode=000
-        read -r speed size code ccode <"$out" || true
-        printf 'connect\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n' "$name" "$run" "${speed:-0}" \
-            "${size:-0}" "${code:-000}" "${ccode:-000}" "$M_RC" "$M_PROXY" "$M_FOREIGN" >>"$RESULTS"
-        log "$name CONNECT run $run: $(awk -v s="${speed:-0}" 'BEGIN{printf "%.0f", s/1e6}') MB/s," \
-            "$size bytes, HTTP $code, CONNECT $ccode, curl rc $M_RC, proxy cpu ${M_PROXY:--}%," \
-            "other processes ${M_FOREIGN}%"
-        if noisy "$M_FOREIGN"; then
-            note "$name" "CONNECT run $run kept although other processes used ${M_FOREIGN}% of a CPU"
+wrk_warmup() { # wrk_warmup NAME
+    ((WARMUP > 0)) || return 0
+    wrk_cmd "$1" "$WARMUP"
+    "${CMD[@]}" >"$TMP/wrk-$1-warmup.out" 2>&1 || true
+}
+
+wrk_once() { # wrk_once NAME RUN: one measured wrk run, appended to $RESULTS
+    local name=$1 run=$2 pid=${T_PID[$1]} out=$TMP/wrk-$1-$2.out line attempt
+    wrk_cmd "$name" "$DURATION"
+    record_cmd "wrk_$name" "${CMD[*]}"
+    for ((attempt = 0; ; attempt++)); do
+        measure "$pid" "$out" "${CMD[@]}"
+        if noisy "$M_FOREIGN" && ((attempt < RETRIES)); then
+            note "$name" "wrk run $run discarded and repeated: other processes used ${M_FOREIGN}% of a CPU"
+            continue
         fi
+        break
     done
+    if ((M_RC != 0)); then
+        note "$name" "wrk run $run exited with status $M_RC: $(tail -n 3 "$out" | tr '\n' ' ')"
+        return 0
+    fi
+    line=$(grep '^BENCH_RESULT' "$out" || true)
+    if [[ -z $line ]]; then
+        note "$name" "wrk run $run printed no result: $(tail -n 3 "$out" | tr '\n' ' ')"
+        return 0
+    fi
+    kv() { grep -o " $1=[^ ]*" <<<"$line" | cut -d= -f2; }
+    printf 'fwd\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$run" \
+        "$(kv rps)" "$(kv p50_us)" "$(kv p99_us)" "$(kv requests)" "$(kv err_connect)" \
+        "$(kv err_read)" "$(kv err_write)" "$(kv err_status)" "$(kv err_timeout)" \
+        "$M_PROXY" "$M_FOREIGN" >>"$RESULTS"
+    log "$name wrk run $run: $(kv rps) req/s, p50 $(kv p50_us) us, p99 $(kv p99_us) us," \
+        "proxy cpu ${M_PROXY:--}%, other processes ${M_FOREIGN}%, steal ${M_STEAL}%"
+    if grep -q 'Non-2xx' "$out"; then
+        note "$name" "wrk run $run: $(grep 'Non-2xx' "$out" | sed 's/^ *//')"
+    fi
+    if grep -q 'Socket errors' "$out"; then
+        note "$name" "wrk run $run: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
+    fi
+    if noisy "$M_FOREIGN"; then
+        note "$name" "wrk run $run kept although other processes used ${M_FOREIGN}% of a CPU"
+    fi
+    if noisy "$M_STEAL"; then
+        note "$name" "wrk run $run: the hypervisor stole ${M_STEAL}% of a CPU"
+    fi
+}
+
+connect_cmd() { # connect_cmd NAME: sets CMD to the curl command line for a target
+    CMD=(taskset -c "$LOAD_CPU" curl -s)
+    [[ $1 == direct ]] || CMD+=(-p -x "http://127.0.0.1:${T_PORT[$1]}")
+    CMD+=("http://127.0.0.1:$ORIGIN/big" -o /dev/null --max-time 600
+        -w '%{speed_download} %{size_download} %{http_code} %{http_connect}')
+}
+
+connect_once() { # connect_once NAME RUN: one download of the big file, appended to $RESULTS
+    local name=$1 run=$2 pid=${T_PID[$1]} out=$TMP/curl-$1-$2.out attempt speed size code ccode cmd
+    connect_cmd "$name"
+    cmd=("${CMD[@]}")
+    record_cmd "curl_$name" "${cmd[*]}"
+    for ((attempt = 0; ; attempt++)); do
+        measure "$pid" "$out" "${cmd[@]}"
+        if noisy "$M_FOREIGN" && ((attempt < RETRIES)); then
+            note "$name" "CONNECT run $run discarded and repeated: other processes used ${M_FOREIGN}% of a CPU"
+            continue
+        fi
+        break
+    done
+    speed=0 size=0 code=000 ccode=000
+    read -r speed size code ccode <"$out" || true
+    printf 'connect\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n' "$name" "$run" "${speed:-0}" \
+        "${size:-0}" "${code:-000}" "${ccode:-000}" "$M_RC" "$M_PROXY" "$M_FOREIGN" >>"$RESULTS"
+    log "$name CONNECT run $run: $(awk -v s="${speed:-0}" 'BEGIN{printf "%.0f", s/1e6}') MB/s," \
+        "$size bytes, HTTP $code, CONNECT $ccode, curl rc $M_RC, proxy cpu ${M_PROXY:--}%," \
+        "other processes ${M_FOREIGN}%, steal ${M_STEAL}%"
+    if noisy "$M_FOREIGN"; then
+        note "$name" "CONNECT run $run kept although other processes used ${M_FOREIGN}% of a CPU"
+    fi
+    if noisy "$M_STEAL"; then
+        note "$name" "CONNECT run $run: the hypervisor stole ${M_STEAL}% of a CPU"
+    fi
 }
 
 sanity() { # sanity NAME PORT: one request through the proxy, plain and tunnelled
@@ -377,7 +411,8 @@ sanity() { # sanity NAME PORT: one request through the proxy, plain and tunnelle
     fi
 }
 
-start_sekisho() { # start_sekisho NAME on|off -> PROXY_PID PROXY_PORT
+# start_* NAME: start a proxy on a free port, setting PROXY_PID and PROXY_PORT
+start_sekisho() { # start_sekisho NAME on|off
     local name=$1 logging=$2 dir=$TMP/$1
     mkdir -p "$dir"
     PROXY_PORT=$(free_port)
@@ -472,14 +507,20 @@ EOF
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 meta date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 meta machine "nproc=$ncpu; CPU: $cpu_model; kernel $(uname -sr); $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
-meta sekisho "$SEKISHO ($("$SEKISHO" --version 2>/dev/null | head -n1 || echo '?'); repo $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'))"
+src_state() { # the commit the sources are at, and whether they differ from it
+    local rev dirty
+    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null) || { echo "not a git checkout"; return; }
+    dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)
+    if [[ -n $dirty ]]; then echo "$rev + uncommitted changes in src/"; else echo "$rev, src/ clean"; fi
+}
+meta sekisho "$SEKISHO ($("$SEKISHO" --version 2>/dev/null | head -n1 || echo '?'); $(stat -c 'built %y' "$SEKISHO" | cut -d. -f1); repo $(src_state))"
 meta rustc "$(rustc --version 2>/dev/null || echo '?')"
 meta squid "$(squid -v | head -n1)"
 meta tinyproxy "$(tinyproxy -v 2>&1 | head -n1)"
 meta nginx "$(nginx -v 2>&1 | head -n1)"
 meta wrk "$(wrk -v 2>&1 | head -n1)"
 meta curl "$(curl --version | head -n1)"
-meta parameters "RUNS=$RUNS DURATION=${DURATION}s WARMUP=${WARMUP}s CONNECTIONS=$CONNECTIONS THREADS=$THREADS; proxies on CPU $PROXY_CPU, wrk/curl/nginx on CPU $LOAD_CPU; QUIET_PCT=$QUIET_PCT QUIET_MAX=${QUIET_MAX}s FOREIGN_MAX=$FOREIGN_MAX RETRIES=$RETRIES"
+meta parameters "MODES=$MODES; RUNS=$RUNS DURATION=${DURATION}s WARMUP=${WARMUP}s CONNECTIONS=$CONNECTIONS THREADS=$THREADS; proxies on CPU $PROXY_CPU, wrk/curl/nginx on CPU $LOAD_CPU; QUIET_PCT=$QUIET_PCT QUIET_MAX=${QUIET_MAX}s FOREIGN_MAX=$FOREIGN_MAX RETRIES=$RETRIES"
 meta small_file_bytes "$SMALL_BYTES"
 meta big_file_bytes "$BIG_BYTES"
 meta "squid logging" "access_log to a file (stdio)"
@@ -488,31 +529,64 @@ meta "sekisho logging" "log on: [[access_log]] output=stdout format=squid, stdou
 
 # ---------------------------------------------------------------- run
 
-log "direct (no proxy): wrk and curl against nginx"
-run_wrk direct "$ORIGIN" /small "" ""
-run_connect direct "" ""
+want() { [[ " $MODES " == *" $1 "* ]]; }
 
+# Start every proxy first (each idles while another is measured), then measure in
+# rounds: run 1 of every target, run 2 of every target, ... so that a slow drift of
+# the machine (the direct transfer alone moved by ~15 % within minutes in testing)
+# shifts all targets alike instead of favouring whichever was measured first.
+T_PORT[direct]=$ORIGIN
+T_PID[direct]=""
+LIST=(direct)
 for name in $TARGETS; do
-    log "---- $name"
+    log "starting $name"
     PROXY_PID="" PROXY_PORT=""
+    ok=0
     case $name in
-    sekisho-log) start_sekisho "$name" on || { [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"; continue; } ;;
-    sekisho-nolog) start_sekisho "$name" off || { [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"; continue; } ;;
-    squid) start_squid "$name" || { [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"; continue; } ;;
-    tinyproxy) start_tinyproxy "$name" || { [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"; continue; } ;;
+    sekisho-log) start_sekisho "$name" on && ok=1 ;;
+    sekisho-nolog) start_sekisho "$name" off && ok=1 ;;
+    squid) start_squid "$name" && ok=1 ;;
+    tinyproxy) start_tinyproxy "$name" && ok=1 ;;
     *) die "unknown target $name" ;;
     esac
-    log "$name (pid $PROXY_PID) on 127.0.0.1:$PROXY_PORT"
-    if ! sanity "$name" "$PROXY_PORT"; then
+    if ((ok)) && sanity "$name" "$PROXY_PORT"; then
+        log "$name (pid $PROXY_PID) on 127.0.0.1:$PROXY_PORT"
+        T_PORT[$name]=$PROXY_PORT
+        T_PID[$name]=$PROXY_PID
+        LIST+=("$name")
+    elif [[ -n $PROXY_PID ]]; then
         stop_pid "$PROXY_PID"
-        continue
     fi
-    run_wrk "$name" "$PROXY_PORT" "http://127.0.0.1:$ORIGIN/small" "127.0.0.1:$ORIGIN" "$PROXY_PID"
-    run_connect "$name" "$PROXY_PORT" "$PROXY_PID"
-    if [[ $(proc_state "$PROXY_PID") == gone || $(proc_state "$PROXY_PID") == Z ]]; then
-        note "$name" "the proxy process had exited by the end of its runs"
+done
+
+if want forward; then
+    log "forward: warm-up (${WARMUP}s per target), then $RUNS rounds of ${DURATION}s per target"
+    for name in "${LIST[@]}"; do wrk_warmup "$name"; done
+    for ((run = 1; run <= RUNS; run++)); do
+        for name in "${LIST[@]}"; do wrk_once "$name" "$run"; done
+    done
+fi
+if want connect; then
+    log "CONNECT: warm-up download per target, then $RUNS rounds of one $BIG_BYTES-byte download per target"
+    if ((WARMUP > 0)); then
+        # in testing, the first big transfer after the wrk phase was often ~40 % slower
+        for name in "${LIST[@]}"; do
+            connect_cmd "$name"
+            "${CMD[@]}" >"$TMP/curl-$name-warmup.out" 2>&1 || true
+        done
     fi
-    stop_pid "$PROXY_PID"
+    for ((run = 1; run <= RUNS; run++)); do
+        for name in "${LIST[@]}"; do connect_once "$name" "$run"; done
+    done
+fi
+
+for name in "${LIST[@]}"; do
+    [[ $name == direct ]] && continue
+    pid=${T_PID[$name]}
+    if [[ $(proc_state "$pid") == gone || $(proc_state "$pid") == Z ]]; then
+        note "$name" "the proxy process had exited by the end of the runs"
+    fi
+    stop_pid "$pid"
     case $name in
     sekisho-*)
         note "$name" "access log lines: $(wc -l <"$TMP/$name/access.log"); stderr lines: $(wc -l <"$TMP/$name/stderr"), of which WARN/ERROR: $(grep -cE 'WARN|ERROR' "$TMP/$name/stderr" || true)"
@@ -525,9 +599,6 @@ for name in $TARGETS; do
         ;;
     esac
 done
-
-log "direct (no proxy) again: curl against nginx"
-run_connect direct-end "" ""
 
 stop_pid "$NGINX_PID"
 
