@@ -270,6 +270,7 @@ const TOP: &[&str] = &[
     "hosts",
     "acl",
     "http",
+    "tunnel",
     "admin",
     "listener",
     "access_log",
@@ -303,6 +304,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     if http.via {
         http.via_value = http::HeaderValue::from_str(&format!("1.1 {visible_hostname}")).ok();
     }
+    let tunnel_relay = tunnel(&mut cx, &mut root);
     let admin = admin(&mut cx, &mut root, &acls);
     let listeners = listeners(&mut cx, &mut root, &acls, admin.as_ref());
     let access_logs = access_logs(&mut cx, &mut root);
@@ -317,6 +319,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         resolver,
         acls: acls.into_iter().map(|(a, _)| a).collect::<Vec<_>>().into(),
         http,
+        tunnel_relay,
         admin,
         listeners,
         access_logs,
@@ -655,6 +658,24 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
     }
     tab.finish(cx);
     h
+}
+
+fn tunnel(cx: &mut Cx, root: &mut Tab<'_, '_>) -> crate::relay::tunnel::Method {
+    use crate::relay::tunnel::Method;
+    const KEYS: &[&str] = &["relay"];
+    let Some(mut tab) = root.table(cx, "tunnel", KEYS) else {
+        return Method::Splice;
+    };
+    let m = match tab.str(cx, "relay") {
+        Some(("splice", _)) | None => Method::Splice,
+        Some(("copy", _)) => Method::Copy,
+        Some((s, span)) => {
+            cx.err(span, format!("`tunnel.relay` is \"splice\" or \"copy\", not `{s}`"));
+            Method::Splice
+        }
+    };
+    tab.finish(cx);
+    m
 }
 
 fn socket_addr(cx: &mut Cx, path: &str, s: &str, span: Span) -> Option<SocketAddr> {

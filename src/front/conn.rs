@@ -14,7 +14,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::config::{Config, Timeouts};
 use crate::front::forward;
@@ -37,8 +36,6 @@ pub struct Activity {
     /// Microseconds after `base` when the phase began.
     since: AtomicU64,
     in_flight: AtomicU32,
-    /// Wakes the deadline loop when a request ends, so the idle clock starts.
-    ended: Notify,
 }
 
 impl Activity {
@@ -48,7 +45,6 @@ impl Activity {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
-            ended: Notify::new(),
         }
     }
 
@@ -80,7 +76,18 @@ impl Activity {
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
             self.since.store(self.now(), Relaxed);
             self.phase.store(IDLE, Relaxed);
-            self.ended.notify_one();
+        }
+    }
+
+    /// When to look at the deadlines again: never later than the real deadline
+    /// of this phase or of any phase the connection can move to before then,
+    /// so the request path itself never has to touch a timer.
+    fn next_check(&self, t: &Timeouts) -> Instant {
+        let step = t.client_idle.min(t.client_header);
+        let now = Instant::now();
+        match self.deadline(t) {
+            Some(d) => d.min(now + step),
+            None => now + step,
         }
     }
 
@@ -195,14 +202,9 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream
     if stopping {
         served.as_mut().graceful_shutdown();
     }
+    let check = tokio::time::sleep_until(conn.activity.next_check(&timeouts).into());
+    tokio::pin!(check);
     loop {
-        let deadline = conn.activity.deadline(&timeouts);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = &mut served => {
                 if let Err(e) = r {
@@ -210,13 +212,13 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream
                 }
                 break;
             }
-            _ = conn.activity.ended.notified() => {}
-            _ = sleep => {
+            _ = &mut check => {
                 if conn.activity.deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!(client = %conn.session.client, "client connection timed out while {}",
                         if conn.activity.phase.load(Relaxed) == IDLE { "idle" } else { "sending its request header" });
                     break;
                 }
+                check.as_mut().reset(conn.activity.next_check(&timeouts).into());
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;

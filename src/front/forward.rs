@@ -440,13 +440,14 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
     Counters::inc(&state.counters.tunnels);
     let busy = state.busy();
     let idle = txn.conn.cfg.timeouts.tunnel_idle;
+    let method = txn.conn.cfg.tunnel_relay;
     tokio::spawn(async move {
         let _busy = busy;
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<UpgradeIo>() {
                 Ok(parts) => {
                     let client = parts.io.into_inner().stream;
-                    let outcome = tunnel::relay(client, server, &parts.read_buf, idle).await;
+                    let outcome = tunnel::relay(client, server, &parts.read_buf, idle, method).await;
                     txn.rec.bytes_from_client += outcome.up;
                     txn.rec.bytes_to_client += outcome.down;
                     txn.rec.termination = match outcome.end {

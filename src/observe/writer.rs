@@ -6,9 +6,10 @@
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::{AccessLogConfig, LogTarget};
 use crate::observe::format::LogFormat;
@@ -34,6 +35,10 @@ pub struct AccessLog {
 
 /// Largest batch written in one call.
 const BATCH: usize = 64 * 1024;
+/// A record waits at most this long for others to share its write.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// How long the writer sleeps between looks at its queue while gathering.
+const GATHER_PAUSE: Duration = Duration::from_millis(2);
 
 impl AccessLog {
     /// Opens every output (files in append mode) and starts its writer.
@@ -115,23 +120,32 @@ fn writer_loop(rx: Receiver<Msg>, format: Arc<LogFormat>, mut sink: Box<dyn Writ
     let mut buf = Vec::with_capacity(BATCH * 2);
     let mut open = true;
     while open {
+        // block only while there is nothing at all; then gather for a moment, so
+        // a busy proxy hands over records without waking this thread each time
         let Ok(Msg::Record(rec)) = rx.recv() else { break };
         let mut n = 1;
         format.render(&rec, &mut buf);
         buf.push(b'\n');
-        while buf.len() < BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Record(rec)) => {
-                    format.render(&rec, &mut buf);
-                    buf.push(b'\n');
-                    n += 1;
+        let flush_at = Instant::now() + FLUSH_AFTER;
+        'gather: loop {
+            while buf.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Record(rec)) => {
+                        format.render(&rec, &mut buf);
+                        buf.push(b'\n');
+                        n += 1;
+                    }
+                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break 'gather;
+                    }
+                    Err(TryRecvError::Empty) => break,
                 }
-                Ok(Msg::Close) => {
-                    open = false;
-                    break;
-                }
-                Err(_) => break,
             }
+            if buf.len() >= BATCH || Instant::now() >= flush_at {
+                break;
+            }
+            std::thread::sleep(GATHER_PAUSE);
         }
         if let Err(e) = sink.write_all(&buf).and_then(|_| sink.flush()) {
             tracing::error!("access log write failed, {n} records lost: {e}");

@@ -4,4 +4,5 @@
 pub mod body;
 pub mod headers;
 pub mod pool;
+pub mod splice;
 pub mod tunnel;

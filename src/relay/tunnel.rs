@@ -1,5 +1,6 @@
-//! Byte tunnels (CONNECT): both directions relayed with large buffers until
-//! each side has closed its half, or until nothing moves for the idle timeout.
+//! Byte tunnels (CONNECT): both directions relayed until each side has closed
+//! its half, or until nothing moves for the idle timeout. Bytes move with
+//! splice(2) by default, or through 64 KiB user-space buffers (`copy`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::relay::splice;
 
 /// Relay buffer per direction.
 const BUF: usize = 64 * 1024;
@@ -35,9 +38,93 @@ pub struct Outcome {
     pub end: End,
 }
 
+/// How tunnel bytes are moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Kernel to kernel through a pipe (splice(2)).
+    Splice,
+    /// Read into and write from a user-space buffer.
+    Copy,
+}
+
 /// Relays between `client` and `server`; `initial` is what the client already
 /// sent past the CONNECT request, forwarded first.
-pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration) -> Outcome {
+pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration, method: Method) -> Outcome {
+    if method == Method::Splice {
+        match (splice::Pipe::new(), splice::Pipe::new()) {
+            (Ok(up_pipe), Ok(down_pipe)) => {
+                return relay_splice(client, server, initial, idle, [up_pipe, down_pipe]).await;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!("splice relay unavailable ({e}); copying instead"),
+        }
+    }
+    relay_copy(client, server, initial, idle).await
+}
+
+async fn relay_splice(
+    client: TcpStream,
+    mut server: TcpStream,
+    initial: &[u8],
+    idle: Duration,
+    pipes: [splice::Pipe; 2],
+) -> Outcome {
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    if !initial.is_empty() {
+        if server.write_all(initial).await.is_err() {
+            return Outcome {
+                up: 0,
+                down: 0,
+                end: End::ServerError,
+            };
+        }
+        up.fetch_add(initial.len() as u64, Relaxed);
+    }
+    let both = async {
+        tokio::join!(
+            splice::pump(&client, &server, &pipes[0], &up, &last, base),
+            splice::pump(&server, &client, &pipes[1], &down, &last, base)
+        )
+    };
+    let end = watch_idle(both, &last, base, idle, |(a, b)| match (a, b) {
+        (Ok(()), Ok(())) => End::Closed,
+        (Err(splice::Failed::Read(_)), _) | (_, Err(splice::Failed::Write(_))) => End::ClientError,
+        _ => End::ServerError,
+    })
+    .await;
+    Outcome {
+        up: up.load(Relaxed),
+        down: down.load(Relaxed),
+        end,
+    }
+}
+
+/// Runs the relay until it ends or nothing moved for `idle`.
+async fn watch_idle<F: std::future::Future>(
+    both: F,
+    last: &AtomicU64,
+    base: Instant,
+    idle: Duration,
+    ended: impl FnOnce(F::Output) -> End,
+) -> End {
+    tokio::pin!(both);
+    loop {
+        let since = Duration::from_millis(last.load(Relaxed));
+        let deadline = tokio::time::Instant::from_std(base + since + idle);
+        tokio::select! {
+            r = &mut both => return ended(r),
+            _ = tokio::time::sleep_until(deadline) => {
+                if base.elapsed() >= Duration::from_millis(last.load(Relaxed)) + idle {
+                    return End::Idle;
+                }
+            }
+        }
+    }
+}
+
+async fn relay_copy(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration) -> Outcome {
     let base = Instant::now();
     let last = AtomicU64::new(0);
     let up = AtomicU64::new(0);
@@ -55,25 +142,12 @@ pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: D
         up.fetch_add(initial.len() as u64, Relaxed);
     }
     let both = async { tokio::join!(copy(cr, sw, &up, &last, base), copy(sr, cw, &down, &last, base)) };
-    tokio::pin!(both);
-    let end = loop {
-        let since = Duration::from_millis(last.load(Relaxed));
-        let deadline = tokio::time::Instant::from_std(base + since + idle);
-        tokio::select! {
-            (a, b) = &mut both => {
-                break match (a, b) {
-                    (Ok(()), Ok(())) => End::Closed,
-                    (Err(Side::Read), _) | (_, Err(Side::Write)) => End::ClientError,
-                    _ => End::ServerError,
-                };
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                if base.elapsed() >= Duration::from_millis(last.load(Relaxed)) + idle {
-                    break End::Idle;
-                }
-            }
-        }
-    };
+    let end = watch_idle(both, &last, base, idle, |(a, b)| match (a, b) {
+        (Ok(()), Ok(())) => End::Closed,
+        (Err(Side::Read), _) | (_, Err(Side::Write)) => End::ClientError,
+        _ => End::ServerError,
+    })
+    .await;
     Outcome {
         up: up.load(Relaxed),
         down: down.load(Relaxed),

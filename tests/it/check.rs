@@ -68,6 +68,18 @@ fn wrong_types() {
         "`listener[0].bind` must be a string",
     );
     assert_error("[timeouts]\nconnect = \"5 parsecs\"\n", 2, 11, "unknown unit");
+    assert_error(
+        "[tunnel]\nrelay = \"zerocopy\"\n",
+        2,
+        9,
+        "`tunnel.relay` is \"splice\" or \"copy\"",
+    );
+    assert_error(
+        "[http]\nforwarded_for = \"maybe\"\n",
+        2,
+        17,
+        "one of on, off, delete, transparent",
+    );
 }
 
 #[test]

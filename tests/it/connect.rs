@@ -80,8 +80,43 @@ fn open_tunnel(proxy_port: u16, target: &str) -> (TcpStream, String) {
 
 #[test]
 fn connect_to_plain_echo_with_half_close() {
+    half_close_through(&basic_config(CONNECT_ANY_PORT));
+}
+
+#[test]
+fn copy_relay_passes_half_close_too() {
+    half_close_through(&basic_config(&format!(
+        "{CONNECT_ANY_PORT}\n[tunnel]\nrelay = \"copy\"\n"
+    )));
+}
+
+#[test]
+fn large_transfer_through_the_tunnel() {
+    for relay in ["splice", "copy"] {
+        let origin = Origin::start();
+        let p = start(&basic_config(&format!("[tunnel]\nrelay = \"{relay}\"\n")));
+        let o = curl(&[
+            "-s",
+            "-p",
+            "-x",
+            &p.proxy(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &origin.url("/big?n=300000000"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "200 300000000", "relay = {relay}");
+        let lines = p.log_lines(1);
+        assert!(lines[0].contains("TCP_TUNNEL/200"), "{lines:?}");
+        let bytes: u64 = lines[0].split_whitespace().nth(6).unwrap().parse().unwrap();
+        assert!(bytes > 300_000_000, "the log counts the tunnelled bytes: {lines:?}");
+    }
+}
+
+fn half_close_through(config: &str) {
     let port = half_close_server();
-    let p = start(&basic_config(CONNECT_ANY_PORT));
+    let p = start(config);
     let (mut s, head) = open_tunnel(p.port, &format!("origin.test:{port}"));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"ping through the tunnel").unwrap();
