@@ -39,6 +39,7 @@
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::format::{DelayedFormat, Fixed, Item, StrftimeItems};
@@ -410,11 +411,17 @@ fn split_time(t: SystemTime) -> Option<(i64, u32)> {
 // ---------------------------------------------------------------------------
 // Dates
 
+/// The second last rendered (epoch seconds) and its text.
+type SecondCache = (i64, Vec<u8>);
+
 /// A pre-parsed strftime pattern, rendered in UTC or in local time.
 #[derive(Clone, Debug)]
 struct DateFmt {
     utc: bool,
     items: Box<[Item<'static>]>,
+    /// For patterns that show nothing finer than a second: the last second
+    /// rendered and its text, so a busy log formats the date once a second.
+    cache: Option<Arc<Mutex<SecondCache>>>,
 }
 
 /// An offset whose name prints as nothing: `DelayedFormat` stringifies the
@@ -454,17 +461,49 @@ impl DateFmt {
                 other => other,
             })
             .collect();
-        let d = DateFmt { utc, items };
+        let mut d = DateFmt {
+            utc,
+            items,
+            cache: None,
+        };
         // Some items parse but cannot be formatted (`%#z`): try once now.
         let mut probe = Vec::new();
         if !d.write(UNIX_EPOCH, &mut probe) {
             return Err(format!("strftime pattern {pattern:?} cannot be used for output"));
+        }
+        // two instants of one second that render alike: the pattern has no sub-second part
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        d.write(UNIX_EPOCH + Duration::from_millis(1), &mut a);
+        d.write(UNIX_EPOCH + Duration::from_millis(998), &mut b);
+        if a == b {
+            d.cache = Some(Arc::new(Mutex::new((i64::MIN, Vec::new()))));
         }
         Ok(d)
     }
 
     /// Append `t` formatted; on failure append nothing and return false.
     fn write(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
+        let (Some(cache), Some((secs, _))) = (&self.cache, split_time(t)) else {
+            return self.write_uncached(t, out);
+        };
+        let Ok(mut cached) = cache.lock() else {
+            return self.write_uncached(t, out);
+        };
+        if cached.0 == secs {
+            out.extend_from_slice(&cached.1);
+            return true;
+        }
+        let start = out.len();
+        let ok = self.write_uncached(t, out);
+        if ok {
+            cached.0 = secs;
+            cached.1.clear();
+            cached.1.extend_from_slice(&out[start..]);
+        }
+        ok
+    }
+
+    fn write_uncached(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
         let start = out.len();
         let ok = self.write_inner(t, out).is_some();
         if !ok {
@@ -1387,6 +1426,27 @@ mod tests {
 
     fn hap_err(fmt: &str) -> FormatError {
         LogFormat::parse(fmt, Style::Haproxy).expect_err(fmt)
+    }
+
+    #[test]
+    fn per_second_dates_are_reused_only_within_their_second() {
+        let mut r = full();
+        let whole = LogFormat::parse("%{%H:%M:%S}tg", Style::Squid).unwrap();
+        let fine = LogFormat::parse("%tr", Style::Haproxy).unwrap();
+        let base = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut seen = Vec::new();
+        for ms in [100, 900, 1_000, 1_999, 2_000] {
+            r.request_time = base + Duration::from_millis(ms);
+            seen.push((render(&whole, &r), render(&fine, &r)));
+        }
+        let secs: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(secs, ["00:16:40", "00:16:40", "00:16:41", "00:16:41", "00:16:42"]);
+        let millis: Vec<&str> = seen.iter().map(|(_, b)| &b[b.len() - 3..]).collect();
+        assert_eq!(
+            millis,
+            ["100", "900", "000", "999", "000"],
+            "sub-second patterns are never cached"
+        );
     }
 
     #[test]
