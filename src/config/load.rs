@@ -208,6 +208,30 @@ impl<'a, 'i> Tab<'a, 'i> {
     }
 }
 
+/// The entries of an array of tables (`[[key]]`), each as a [`Tab`]; an entry
+/// that is not a table is reported and skipped.
+fn tables_of<'a, 'i>(
+    cx: &mut Cx,
+    root: &mut Tab<'a, 'i>,
+    key: &'static str,
+    allowed: &'static [&'static str],
+) -> Vec<(usize, Tab<'a, 'i>)> {
+    let Some(items) = root.array(cx, key) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.get_ref() {
+            DeValue::Table(t) => out.push((i, Tab::new(t, item.span(), format!("{key}[{i}]"), allowed))),
+            other => cx.err(
+                item.span(),
+                format!("`{key}` entries are tables ([[{key}]]), not {}", type_name(other)),
+            ),
+        }
+    }
+    out
+}
+
 fn strings_of<'a>(cx: &mut Cx, path: &str, v: &'a Val<'_>) -> Option<Vec<(&'a str, Span)>> {
     match v.get_ref() {
         DeValue::String(s) => Some(vec![(s.as_ref(), v.span())]),
@@ -728,21 +752,7 @@ fn listeners(
     if let Some(a) = admin {
         seen.push((a.bind, 0..0));
     }
-    let Some(items) = root.array(cx, "listener") else {
-        return out;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let DeValue::Table(t) = item.get_ref() else {
-            cx.err(
-                item.span(),
-                format!(
-                    "`listener` entries are tables ([[listener]]), not {}",
-                    type_name(item.get_ref())
-                ),
-            );
-            continue;
-        };
-        let mut tab = Tab::new(t, item.span(), format!("listener[{i}]"), KEYS);
+    for (i, mut tab) in tables_of(cx, root, "listener", KEYS) {
         let name = match tab.str(cx, "name") {
             Some((s, span)) => {
                 if out.iter().any(|l| &*l.name == s) {
@@ -810,21 +820,7 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
     const KEYS: &[&str] = &["output", "format", "style", "queue_size"];
     let mut out = Vec::new();
-    let Some(items) = root.array(cx, "access_log") else {
-        return out;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let DeValue::Table(t) = item.get_ref() else {
-            cx.err(
-                item.span(),
-                format!(
-                    "`access_log` entries are tables ([[access_log]]), not {}",
-                    type_name(item.get_ref())
-                ),
-            );
-            continue;
-        };
-        let mut tab = Tab::new(t, item.span(), format!("access_log[{i}]"), KEYS);
+    for (i, mut tab) in tables_of(cx, root, "access_log", KEYS) {
         let target = match tab.str(cx, "output") {
             Some(("stdout", _)) | None => LogTarget::Stdout,
             Some(("stderr", _)) => LogTarget::Stderr,

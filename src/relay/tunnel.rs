@@ -49,7 +49,21 @@ pub enum Method {
 
 /// Relays between `client` and `server`; `initial` is what the client already
 /// sent past the CONNECT request, forwarded first.
-pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration, method: Method) -> Outcome {
+pub async fn relay(
+    client: TcpStream,
+    mut server: TcpStream,
+    initial: &[u8],
+    idle: Duration,
+    method: Method,
+) -> Outcome {
+    if !initial.is_empty() && server.write_all(initial).await.is_err() {
+        return Outcome {
+            up: 0,
+            down: 0,
+            end: End::ServerError,
+        };
+    }
+    let initial = initial.len() as u64;
     if method == Method::Splice {
         match (splice::Pipe::new(), splice::Pipe::new()) {
             (Ok(up_pipe), Ok(down_pipe)) => {
@@ -63,8 +77,8 @@ pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: D
 
 async fn relay_splice(
     client: TcpStream,
-    mut server: TcpStream,
-    initial: &[u8],
+    server: TcpStream,
+    initial: u64,
     idle: Duration,
     pipes: [splice::Pipe; 2],
 ) -> Outcome {
@@ -72,16 +86,7 @@ async fn relay_splice(
     let last = AtomicU64::new(0);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    if !initial.is_empty() {
-        if server.write_all(initial).await.is_err() {
-            return Outcome {
-                up: 0,
-                down: 0,
-                end: End::ServerError,
-            };
-        }
-        up.fetch_add(initial.len() as u64, Relaxed);
-    }
+    up.fetch_add(initial, Relaxed);
     let both = async {
         tokio::join!(
             splice::pump(&client, &server, &pipes[0], &up, &last, base),
@@ -124,23 +129,14 @@ async fn watch_idle<F: std::future::Future>(
     }
 }
 
-async fn relay_copy(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration) -> Outcome {
+async fn relay_copy(client: TcpStream, server: TcpStream, initial: u64, idle: Duration) -> Outcome {
     let base = Instant::now();
     let last = AtomicU64::new(0);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let (cr, cw) = client.into_split();
-    let (sr, mut sw) = server.into_split();
-    if !initial.is_empty() {
-        if sw.write_all(initial).await.is_err() {
-            return Outcome {
-                up: 0,
-                down: 0,
-                end: End::ServerError,
-            };
-        }
-        up.fetch_add(initial.len() as u64, Relaxed);
-    }
+    let (sr, sw) = server.into_split();
+    up.fetch_add(initial, Relaxed);
     let both = async { tokio::join!(copy(cr, sw, &up, &last, base), copy(sr, cw, &down, &last, base)) };
     let end = watch_idle(both, &last, base, idle, |(a, b)| match (a, b) {
         (Ok(()), Ok(())) => End::Closed,
