@@ -53,7 +53,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// Which side failed.
+/// Which half of one direction failed: reading its source or writing its destination.
 #[derive(Debug)]
 pub enum Failed {
     Read(io::Error),

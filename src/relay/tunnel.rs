@@ -2,7 +2,6 @@
 //! its half, or until nothing moves for the idle timeout. Bytes move with
 //! splice(2) by default, or through 64 KiB user-space buffers (`copy`).
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::relay::splice;
+use crate::relay::splice::{self, Failed};
 
 /// Relay buffer per direction.
 const BUF: usize = 64 * 1024;
@@ -93,12 +92,7 @@ async fn relay_splice(
             splice::pump(&server, &client, &pipes[1], &down, &last, base)
         )
     };
-    let end = watch_idle(both, &last, base, idle, |(a, b)| match (a, b) {
-        (Ok(()), Ok(())) => End::Closed,
-        (Err(splice::Failed::Read(_)), _) | (_, Err(splice::Failed::Write(_))) => End::ClientError,
-        _ => End::ServerError,
-    })
-    .await;
+    let end = watch_idle(both, &last, base, idle).await;
     Outcome {
         up: up.load(Relaxed),
         down: down.load(Relaxed),
@@ -106,20 +100,31 @@ async fn relay_splice(
     }
 }
 
-/// Runs the relay until it ends or nothing moved for `idle`.
-async fn watch_idle<F: std::future::Future>(
-    both: F,
-    last: &AtomicU64,
-    base: Instant,
-    idle: Duration,
-    ended: impl FnOnce(F::Output) -> End,
-) -> End {
+/// Runs both directions (client to server, server to client) until they end
+/// or nothing moved for `idle`.
+async fn watch_idle<F>(both: F, last: &AtomicU64, base: Instant, idle: Duration) -> End
+where
+    F: std::future::Future<Output = (Result<(), Failed>, Result<(), Failed>)>,
+{
     tokio::pin!(both);
     loop {
         let since = Duration::from_millis(last.load(Relaxed));
         let deadline = tokio::time::Instant::from_std(base + since + idle);
         tokio::select! {
-            r = &mut both => return ended(r),
+            r = &mut both => {
+                return match r {
+                    (Ok(()), Ok(())) => End::Closed,
+                    // reading from or writing to the client failed
+                    (Err(Failed::Read(e)), _) | (_, Err(Failed::Write(e))) => {
+                        tracing::debug!("tunnel: client side: {e}");
+                        End::ClientError
+                    }
+                    (Err(Failed::Write(e)), _) | (_, Err(Failed::Read(e))) => {
+                        tracing::debug!("tunnel: server side: {e}");
+                        End::ServerError
+                    }
+                };
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if base.elapsed() >= Duration::from_millis(last.load(Relaxed)) + idle {
                     return End::Idle;
@@ -138,24 +143,12 @@ async fn relay_copy(client: TcpStream, server: TcpStream, initial: u64, idle: Du
     let (sr, sw) = server.into_split();
     up.fetch_add(initial, Relaxed);
     let both = async { tokio::join!(copy(cr, sw, &up, &last, base), copy(sr, cw, &down, &last, base)) };
-    let end = watch_idle(both, &last, base, idle, |(a, b)| match (a, b) {
-        (Ok(()), Ok(())) => End::Closed,
-        (Err(Side::Read), _) | (_, Err(Side::Write)) => End::ClientError,
-        _ => End::ServerError,
-    })
-    .await;
+    let end = watch_idle(both, &last, base, idle).await;
     Outcome {
         up: up.load(Relaxed),
         down: down.load(Relaxed),
         end,
     }
-}
-
-/// Which half of a copy failed: the read (source side) or the write.
-#[derive(Debug)]
-enum Side {
-    Read,
-    Write,
 }
 
 async fn copy(
@@ -164,7 +157,7 @@ async fn copy(
     count: &AtomicU64,
     last: &AtomicU64,
     base: Instant,
-) -> Result<(), Side> {
+) -> Result<(), Failed> {
     let mut buf = vec![0u8; BUF];
     loop {
         let n = match r.read(&mut buf).await {
@@ -174,15 +167,10 @@ async fn copy(
                 return Ok(());
             }
             Ok(n) => n,
-            Err(e) => return Err(log_err(Side::Read, e)),
+            Err(e) => return Err(Failed::Read(e)),
         };
-        w.write_all(&buf[..n]).await.map_err(|e| log_err(Side::Write, e))?;
+        w.write_all(&buf[..n]).await.map_err(Failed::Write)?;
         count.fetch_add(n as u64, Relaxed);
         last.store(base.elapsed().as_millis() as u64, Relaxed);
     }
-}
-
-fn log_err(side: Side, e: io::Error) -> Side {
-    tracing::debug!("tunnel {side:?} error: {e}");
-    side
 }
