@@ -30,6 +30,30 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Add or replace a user in an htpasswd (Basic) or htdigest (Digest) file.
+    /// The password is read from the terminal, or from the first line of
+    /// standard input when that is not a terminal; never from the command line.
+    Passwd {
+        /// The credentials file (created when missing; replaced atomically, mode 0600).
+        file: PathBuf,
+        /// The user to add or replace.
+        user: String,
+        /// Write an htdigest entry (`user:realm:HA1`) instead of an htpasswd one.
+        #[arg(long)]
+        digest: bool,
+        /// The Digest realm (must match `auth.realm`).
+        #[arg(long, default_value = "proxy", requires = "digest")]
+        realm: String,
+        /// Digest HA1 lines to write: `md5`, `sha-256` or `both` (one line each).
+        #[arg(long, default_value = "both", requires = "digest", value_parser = ["md5", "sha-256", "both"])]
+        algorithm: String,
+        /// Hash htpasswd passwords with SHA-512-crypt instead of bcrypt.
+        #[arg(long, conflicts_with = "digest")]
+        sha512: bool,
+        /// bcrypt cost (4-31).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+        cost: u32,
+    },
 }
 
 fn init_tracing() {
@@ -54,6 +78,30 @@ pub fn main() -> ExitCode {
             }
             Err(d) => {
                 eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Passwd {
+            file,
+            user,
+            digest,
+            realm,
+            algorithm,
+            sha512,
+            cost,
+        } => match passwd(
+            &file,
+            &user,
+            digest.then_some((realm.as_str(), algorithm.as_str())),
+            sha512,
+            cost,
+        ) {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sekisho passwd: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -83,4 +131,117 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Reads a password: from the terminal without echo (asked twice), or the
+/// first line of standard input.
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_string());
+    }
+    let ask = |prompt: &str| -> Result<String, String> {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        // SAFETY: termios is plain data; fd 0 is a terminal (checked above).
+        let mut old: libc::termios = unsafe { std::mem::zeroed() };
+        let have = unsafe { libc::tcgetattr(0, &mut old) } == 0;
+        if have {
+            let mut quiet = old;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+        }
+        let mut line = String::new();
+        let r = std::io::stdin().lock().read_line(&mut line);
+        if have {
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &old) };
+        }
+        r.map_err(|e| format!("cannot read the password: {e}"))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let first = ask("Password: ")?;
+    if ask("Retype password: ")? != first {
+        return Err("the passwords do not match".into());
+    }
+    Ok(first)
+}
+
+fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    digest: Option<(&str, &str)>,
+    sha512: bool,
+    cost: u32,
+) -> Result<String, String> {
+    use crate::policy::credentials::{self, Kind};
+    use crate::policy::digest::hex;
+    if user.is_empty() || user.contains([':', '\n', '\r']) {
+        return Err(format!("`{user}` cannot be a user name (no `:` or line breaks)"));
+    }
+    if let Some((realm, _)) = digest
+        && (realm.is_empty() || realm.contains(['\n', '\r']))
+    {
+        return Err("the realm must be non-empty and on one line".into());
+    }
+    let old = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    let password = read_password()?;
+    if password.is_empty() {
+        return Err("empty password refused".into());
+    }
+    let (kind, realm, lines) = match digest {
+        Some((realm, alg)) => {
+            let base = format!("{user}:{realm}:{password}");
+            let mut lines = Vec::new();
+            if alg != "sha-256" {
+                use md5::Digest as _;
+                lines.push(format!("{user}:{realm}:{}", hex(&md5::Md5::digest(base.as_bytes()))));
+            }
+            if alg != "md5" {
+                use sha2::Digest as _;
+                lines.push(format!(
+                    "{user}:{realm}:{}",
+                    hex(&sha2::Sha256::digest(base.as_bytes()))
+                ));
+            }
+            (Kind::Digest, Some(realm), lines)
+        }
+        None => {
+            let hash = if sha512 {
+                use sha_crypt::PasswordHasher;
+                let mut salt = [0u8; 12];
+                getrandom::fill(&mut salt).map_err(|e| format!("no random source: {e}"))?;
+                const ALPHABET: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+                let salt: String = salt.iter().map(|b| ALPHABET[(*b as usize) % 64] as char).collect();
+                sha_crypt::ShaCrypt::default()
+                    .hash_password_with_salt(password.as_bytes(), salt.as_bytes())
+                    .map_err(|e| format!("SHA-512-crypt failed: {e}"))?
+                    .to_string()
+            } else {
+                bcrypt::hash(password.as_bytes(), cost).map_err(|e| format!("bcrypt failed: {e}"))?
+            };
+            (Kind::Passwd, None, vec![format!("{user}:{hash}")])
+        }
+    };
+    let existed = old.lines().any(|l| match kind {
+        Kind::Passwd => l.split_once(':').is_some_and(|(u, _)| u == user),
+        Kind::Digest => l.starts_with(&format!("{user}:{}:", realm.unwrap_or(""))),
+    });
+    let new = credentials::with_user(&old, kind, user, realm, &lines);
+    credentials::write_atomic(file, new.as_bytes()).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(format!(
+        "{} user `{user}` in {}",
+        if existed { "replaced" } else { "added" },
+        file.display()
+    ))
 }

@@ -298,6 +298,9 @@ const TOP: &[&str] = &[
     "admin",
     "listener",
     "access_log",
+    "auth",
+    "user",
+    "group",
 ];
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
@@ -332,6 +335,9 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let admin = admin(&mut cx, &mut root, &acls);
     let listeners = listeners(&mut cx, &mut root, &acls, admin.as_ref());
     let access_logs = access_logs(&mut cx, &mut root);
+    let auth = auth(&mut cx, &mut root);
+    check_auth_use(&mut cx, &acls, &listeners, admin.as_ref(), auth.is_some());
+    let run_as = run_as(&mut cx, &mut root);
     root.finish(&mut cx);
 
     if !cx.diags.is_empty() {
@@ -347,6 +353,8 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         admin,
         listeners,
         access_logs,
+        auth,
+        run_as,
     })
 }
 
@@ -482,7 +490,7 @@ fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
         );
         return out;
     };
-    const TYPES: &[&str] = &["src", "dst", "dstdomain", "port", "method"];
+    const TYPES: &[&str] = &["src", "dst", "dstdomain", "port", "method", "proxy_auth"];
     for (k, v) in t.iter() {
         let name = k.get_ref().as_ref();
         let path = format!("acl.{name}");
@@ -578,6 +586,29 @@ fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
                 }
                 AclKind::Method(ms)
             }
+            "proxy_auth" => {
+                let Some(items) = strings_of(cx, &path, tv) else {
+                    continue;
+                };
+                if items.len() == 1 && items[0].0 == "REQUIRED" {
+                    AclKind::ProxyAuth(None)
+                } else {
+                    let mut users = Vec::new();
+                    for (s, span) in items {
+                        if s.is_empty() || s == "REQUIRED" || s.contains(char::is_whitespace) {
+                            cx.err(
+                                span,
+                                format!(
+                                    "`{s}` is not a user name (in ACL `{name}`: use \"REQUIRED\" alone, or a list of users)"
+                                ),
+                            );
+                        } else {
+                            users.push(s.to_string());
+                        }
+                    }
+                    AclKind::ProxyAuth(Some(users))
+                }
+            }
             other => {
                 cx.err(
                     tk.span(),
@@ -643,17 +674,28 @@ fn rules(cx: &mut Cx, tab: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], defau
     Rules { rules: out }
 }
 
+/// Request headers `http.anonymous` removes unless `request_header_delete` says otherwise.
+pub const ANONYMOUS_DELETE: &[&str] = &["x-forwarded-for", "via", "cache-control", "forwarded", "x-real-ip"];
+
 fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
     let mut h = HttpOptions {
         via: true,
         forwarded_for: ForwardedFor::On,
         request_header_delete: Vec::new(),
         via_value: None,
+        anonymous: false,
     };
-    const KEYS: &[&str] = &["via", "forwarded_for", "request_header_delete"];
+    const KEYS: &[&str] = &["anonymous", "via", "forwarded_for", "request_header_delete"];
     let Some(mut tab) = root.table(cx, "http", KEYS) else {
         return h;
     };
+    if tab.bool(cx, "anonymous") == Some(true) {
+        // hide that a proxy is in the path; each key below still overrides
+        h.anonymous = true;
+        h.via = false;
+        h.forwarded_for = ForwardedFor::Delete;
+        h.request_header_delete = ANONYMOUS_DELETE.iter().map(|n| HeaderName::from_static(n)).collect();
+    }
     if let Some(b) = tab.bool(cx, "via") {
         h.via = b;
     }
@@ -673,6 +715,7 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
         };
     }
     if let Some(list) = tab.strings(cx, "request_header_delete") {
+        h.request_header_delete.clear();
         for (s, span) in list {
             match HeaderName::from_bytes(s.as_bytes()) {
                 Ok(n) => h.request_header_delete.push(n),
@@ -746,7 +789,7 @@ fn listeners(
     acls: &[(Acl, Option<Span>)],
     admin: Option<&AdminConfig>,
 ) -> Vec<ListenerConfig> {
-    const KEYS: &[&str] = &["name", "bind", "mode", "access"];
+    const KEYS: &[&str] = &["name", "bind", "mode", "access", "proxy_protocol"];
     let mut out: Vec<ListenerConfig> = Vec::new();
     let mut seen: Vec<(SocketAddr, Span)> = Vec::new();
     if let Some(a) = admin {
@@ -797,6 +840,7 @@ fn listeners(
             }
         };
         let access = rules(cx, &mut tab, acls, &["allow localhost", "deny all"]);
+        let proxy_protocol = proxy_protocol(cx, &mut tab, acls);
         tab.finish(cx);
         if let Some(bind) = bind {
             out.push(ListenerConfig {
@@ -804,10 +848,242 @@ fn listeners(
                 bind,
                 mode,
                 access,
+                proxy_protocol,
             });
         }
     }
     out
+}
+
+/// An absolute path to an existing credential file, opened now.
+fn cred_file(
+    cx: &mut Cx,
+    tab: &mut Tab<'_, '_>,
+    kind: crate::policy::credentials::Kind,
+) -> Option<Arc<crate::policy::credentials::CredFile>> {
+    let path = tab.key_path("file");
+    let Some((p, span)) = tab.str(cx, "file") else {
+        cx.err(
+            tab.span.clone(),
+            format!("`{}` needs `file` (an absolute path)", tab.path),
+        );
+        return None;
+    };
+    if !p.starts_with('/') {
+        cx.err(span, format!("`{path}` must be an absolute path, not `{p}`"));
+        return None;
+    }
+    match crate::policy::credentials::CredFile::open(std::path::Path::new(p), kind) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            cx.err(span, format!("`{path}`: {e}"));
+            None
+        }
+    }
+}
+
+fn auth(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<Arc<crate::policy::auth::Authenticator>> {
+    use crate::policy::auth::{Authenticator, Basic, Digest};
+    use crate::policy::credentials::{Kind, Users};
+    use crate::policy::digest::{Algorithm, DigestAuth, Settings};
+    const KEYS: &[&str] = &["realm", "basic", "digest"];
+    let mut tab = root.table(cx, "auth", KEYS)?;
+    let realm = match tab.str(cx, "realm") {
+        Some((s, span)) => {
+            if s.is_empty() || s.chars().any(char::is_control) {
+                cx.err(span, "`auth.realm` must be non-empty text without control characters");
+            }
+            s.to_string()
+        }
+        None => "proxy".to_string(),
+    };
+    let basic = tab.table(cx, "basic", &["file", "credentials_ttl"]).and_then(|mut b| {
+        let file = cred_file(cx, &mut b, Kind::Passwd);
+        let ttl = b
+            .duration(cx, "credentials_ttl")
+            .unwrap_or(Duration::from_secs(2 * 3600));
+        b.finish(cx);
+        Some(Basic::new(file?, ttl))
+    });
+    const DKEYS: &[&str] = &[
+        "file",
+        "algorithms",
+        "nonce_max_duration",
+        "nonce_max_count",
+        "nonce_garbage_interval",
+        "nonce_count_window",
+    ];
+    let digest = tab.table(cx, "digest", DKEYS).and_then(|mut d| {
+        let file = cred_file(cx, &mut d, Kind::Digest);
+        if let (Some(f), Some(v)) = (&file, d.t.iter().find(|(k, _)| k.get_ref() == "file").map(|(_, v)| v))
+            && let Users::Digest(m) = &*f.users()
+            && !m.is_empty()
+            && !m.keys().any(|(_, r)| *r == realm)
+        {
+            cx.err(
+                v.span(),
+                format!(
+                    "no entry of {} is for realm `{realm}` (`auth.realm`); every Digest login would fail",
+                    f.path.display()
+                ),
+            );
+        }
+        let algorithms = match d.strings(cx, "algorithms") {
+            Some(list) => {
+                let mut out = Vec::new();
+                for (a, span) in list {
+                    match Algorithm::parse(a) {
+                        Some(alg) if !out.contains(&alg) => out.push(alg),
+                        Some(_) => cx.err(span, format!("algorithm `{a}` is listed twice")),
+                        None => cx.err(
+                            span,
+                            format!("unknown Digest algorithm `{a}`; expected SHA-256, SHA-256-sess, MD5 or MD5-sess"),
+                        ),
+                    }
+                }
+                if out.is_empty() {
+                    cx.err(d.span.clone(), "`auth.digest.algorithms` needs at least one algorithm");
+                }
+                out
+            }
+            None => vec![Algorithm::Sha256, Algorithm::Md5],
+        };
+        let settings = Settings {
+            realm: realm.clone(),
+            algorithms,
+            nonce_max_duration: d
+                .duration(cx, "nonce_max_duration")
+                .unwrap_or(Duration::from_secs(30 * 60)),
+            nonce_max_count: d.uint(cx, "nonce_max_count", 0, u32::MAX as u64).unwrap_or(50) as u32,
+            nonce_garbage_interval: d
+                .duration(cx, "nonce_garbage_interval")
+                .unwrap_or(Duration::from_secs(5 * 60)),
+            nonce_count_window: d.uint(cx, "nonce_count_window", 0, 127).unwrap_or(0) as u32,
+        };
+        d.finish(cx);
+        Some(Digest {
+            file: file?,
+            auth: DigestAuth::new(settings),
+        })
+    });
+    if !tab.used.contains(&"basic") && !tab.used.contains(&"digest") {
+        cx.err(tab.span.clone(), "`auth` needs `[auth.basic]` and/or `[auth.digest]`");
+    }
+    tab.finish(cx);
+    if basic.is_none() && digest.is_none() {
+        return None;
+    }
+    Some(Arc::new(Authenticator { realm, basic, digest }))
+}
+
+/// `proxy_auth` ACLs need a scheme, and cannot guard the admin server.
+fn check_auth_use(
+    cx: &mut Cx,
+    acls: &[(Acl, Option<Span>)],
+    listeners: &[ListenerConfig],
+    admin: Option<&AdminConfig>,
+    have_auth: bool,
+) {
+    let plain: Vec<Acl> = acls.iter().map(|(a, _)| a.clone()).collect();
+    let is_user = |k: &AclKind| matches!(k, AclKind::ProxyAuth(_));
+    let span_of = |i: usize| acls[i].1.clone().unwrap_or(0..0);
+    if let Some(a) = admin
+        && let Some(i) = a.access.first_not(&plain, |k| !is_user(k))
+    {
+        cx.err(
+            span_of(i),
+            format!("proxy_auth ACL `{}` cannot be used in `admin.access`", plain[i].name),
+        );
+    }
+    if !have_auth {
+        for l in listeners {
+            if let Some(i) = l.access.first_not(&plain, |k| !is_user(k)) {
+                cx.err(
+                    span_of(i),
+                    format!(
+                        "ACL `{}` (proxy_auth) is used by listener `{}` but no `[auth.basic]` or `[auth.digest]` is configured",
+                        plain[i].name, l.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn run_as(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<RunAs> {
+    use crate::runtime::privileges::{lookup_group, lookup_user};
+    let user = root.str(cx, "user");
+    let group = root.str(cx, "group");
+    let Some((name, span)) = user else {
+        if let Some((_, span)) = group {
+            cx.err(span, "`group` needs `user` as well");
+        }
+        return None;
+    };
+    let (uid, primary) = match lookup_user(name) {
+        Ok(x) => x,
+        Err(e) => {
+            cx.err(span, format!("`user`: {e}"));
+            return None;
+        }
+    };
+    let (group, gid) = match group {
+        Some((g, span)) => match lookup_group(g) {
+            Ok(gid) => (g.to_string(), gid),
+            Err(e) => {
+                cx.err(span, format!("`group`: {e}"));
+                return None;
+            }
+        },
+        None => (format!("{primary}"), primary),
+    };
+    Some(RunAs {
+        user: name.to_string(),
+        uid,
+        group,
+        gid,
+    })
+}
+
+/// `[listener.proxy_protocol]`.
+fn proxy_protocol(cx: &mut Cx, tab: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)]) -> Option<ProxyProtocolConfig> {
+    const KEYS: &[&str] = &["require", "trusted", "timeout"];
+    let mut pp = tab.table(cx, "proxy_protocol", KEYS)?;
+    let require = pp.bool(cx, "require").unwrap_or(true);
+    let timeout = pp.duration(cx, "timeout").unwrap_or(Duration::from_secs(5));
+    let lookup = |n: &str| acls.iter().position(|(a, _)| a.name == n);
+    let trusted_path = pp.key_path("trusted");
+    let trusted = match pp.strings(cx, "trusted") {
+        None => Rules {
+            rules: vec![acl::parse_rule("allow all", lookup).expect("built-in")],
+        },
+        Some(names) => {
+            let mut rules = Vec::new();
+            for (name, span) in names {
+                match lookup(name) {
+                    Some(i) if matches!(acls[i].0.kind, AclKind::Src(_) | AclKind::All) => {
+                        rules.push(acl::Rule {
+                            action: acl::Action::Allow,
+                            terms: vec![(i, false)],
+                            text: format!("allow {name}"),
+                        });
+                    }
+                    Some(_) => cx.err(
+                        span,
+                        format!("`{trusted_path}`: ACL `{name}` is not a source-address ACL (type src)"),
+                    ),
+                    None => cx.err(span, format!("`{trusted_path}`: undefined ACL `{name}`")),
+                }
+            }
+            Rules { rules }
+        }
+    };
+    pp.finish(cx);
+    Some(ProxyProtocolConfig {
+        require,
+        trusted,
+        timeout,
+    })
 }
 
 /// Two bind addresses collide when the ports match and either address is the

@@ -37,6 +37,19 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,
     pub access_logs: Vec<AccessLogConfig>,
+    /// Proxy authentication, when a `[auth]` scheme is configured.
+    pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
+    /// The user (and group) to run as after binding the listeners.
+    pub run_as: Option<RunAs>,
+}
+
+/// `user` / `group`: who the daemon becomes after binding its sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub group: String,
+    pub gid: u32,
 }
 
 /// Every timeout the daemon applies.
@@ -105,6 +118,8 @@ pub struct HttpOptions {
     pub request_header_delete: Vec<HeaderName>,
     /// The `Via` entry this proxy adds (`1.1 visible_hostname`), when `via` is on.
     pub via_value: Option<http::HeaderValue>,
+    /// The `anonymous` switch: changes the defaults of the keys above.
+    pub anonymous: bool,
 }
 
 /// The admin HTTP server (`/healthz`, later stats).
@@ -128,6 +143,19 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub mode: Mode,
     pub access: Rules,
+    /// Whether (and from whom) a PROXY protocol header is expected.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// `[listener.proxy_protocol]`: the PROXY protocol (v1 and v2) in front of the listener.
+#[derive(Clone, Debug)]
+pub struct ProxyProtocolConfig {
+    /// A connection from a trusted source without a header is refused.
+    pub require: bool,
+    /// Sources whose header is believed (rules of `src`-type ACLs).
+    pub trusted: Rules,
+    /// For the header to arrive.
+    pub timeout: Duration,
 }
 
 /// Where an access log goes.

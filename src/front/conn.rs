@@ -116,12 +116,14 @@ impl Conn {
     }
 
     pub fn record(&self) -> Record {
-        Record::new(
+        let mut r = Record::new(
             self.session.accept_time,
             self.session.client,
             self.session.local,
             self.listener_name(),
-        )
+        );
+        r.relayed = self.session.relayed.clone();
+        r
     }
 }
 
@@ -129,10 +131,26 @@ impl Conn {
 pub struct ClientIo {
     pub stream: TcpStream,
     conn: Arc<Conn>,
+    /// Bytes read before hyper took over (after a PROXY header), served first.
+    prefix: Vec<u8>,
+}
+
+impl ClientIo {
+    /// Bytes read from the client that hyper has not consumed yet.
+    pub fn take_prefix(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.prefix)
+    }
 }
 
 impl AsyncRead for ClientIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            self.conn.activity.on_bytes();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -167,9 +185,112 @@ impl AsyncWrite for ClientIo {
 /// The IO type behind an upgraded (CONNECT) request, for taking the socket back.
 pub type UpgradeIo = TokioIo<ClientIo>;
 
+/// Why a connection was closed before its first request.
+fn refuse_connection(state: &State, cfg: &Config, session: &Session, uri: &'static str, why: &str) {
+    tracing::debug!(client = %session.client, listener = %cfg.listeners[session.listener].name, "{why}; connection closed");
+    let mut rec = Record::new(
+        session.accept_time,
+        session.client,
+        session.local,
+        cfg.listeners[session.listener].name.clone(),
+    );
+    rec.method = http::Method::from_bytes(b"NONE").unwrap_or(http::Method::GET);
+    rec.uri = http::Uri::from_static(uri);
+    rec.termination = if uri == "error:proxy-header-untrusted" {
+        *b"PR"
+    } else {
+        *b"CR"
+    };
+    rec.total = session.accepted.elapsed();
+    crate::observe::counters::Counters::inc(&state.counters.errors);
+    state.log.submit(rec);
+}
+
+/// Reads the PROXY header a listener expects; `None` when the connection is refused.
+async fn proxy_handshake(
+    state: &State,
+    cfg: &Config,
+    session: &mut Session,
+    stream: &mut TcpStream,
+) -> Option<Vec<u8>> {
+    use crate::listen::proxy_protocol::{self, ReadError};
+    let pp = cfg.listeners[session.listener].proxy_protocol.as_ref()?;
+    let peer = session.client;
+    let facts = crate::policy::acl::Facts {
+        src: peer.ip(),
+        method: &http::Method::GET,
+        host: "",
+        port: 0,
+        dst: None,
+        user: None,
+    };
+    let trusted = pp.trusted.check(&cfg.acls, &facts).is_allow();
+    let (header, rest) = match proxy_protocol::read(stream, pp.timeout).await {
+        Ok(r) => r,
+        Err(e) => {
+            let (uri, why) = match e {
+                ReadError::Timeout => (
+                    "error:proxy-header-timeout",
+                    "no complete PROXY header in time".to_string(),
+                ),
+                ReadError::Closed => (
+                    "error:proxy-header-missing",
+                    "closed before sending a PROXY header".into(),
+                ),
+                ReadError::Invalid(m) => ("error:proxy-header-invalid", format!("invalid PROXY header: {m}")),
+                ReadError::Io(m) => ("error:proxy-header-invalid", format!("reading the PROXY header: {m}")),
+            };
+            // a LB's plain TCP health check opens and closes: not worth a record
+            if uri != "error:proxy-header-missing" || !trusted {
+                refuse_connection(state, cfg, session, uri, &why);
+            }
+            return None;
+        }
+    };
+    match header {
+        Some(_) if !trusted => {
+            refuse_connection(
+                state,
+                cfg,
+                session,
+                "error:proxy-header-untrusted",
+                &format!("PROXY header from untrusted source {}", peer.ip()),
+            );
+            None
+        }
+        None if pp.require => {
+            refuse_connection(
+                state,
+                cfg,
+                session,
+                "error:proxy-header-missing",
+                "the listener requires a PROXY header",
+            );
+            None
+        }
+        None => Some(rest),
+        Some(h) => {
+            if let Some((src, dst)) = h.addrs {
+                session.client = src;
+                session.local = dst;
+            }
+            session.relayed = Some(Arc::new(crate::listen::Relayed { peer, header: h }));
+            Some(rest)
+        }
+    }
+}
+
 /// Serves one accepted client connection to the end.
-pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream: TcpStream) {
+pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mut stream: TcpStream) {
     let _busy = state.busy();
+    let prefix = if cfg.listeners[session.listener].proxy_protocol.is_some() {
+        match proxy_handshake(&state, &cfg, &mut session, &mut stream).await {
+            Some(rest) => rest,
+            None => return,
+        }
+    } else {
+        Vec::new()
+    };
     let timeouts = cfg.timeouts;
     let conn = Arc::new(Conn {
         state: state.clone(),
@@ -183,6 +304,7 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, session: Session, stream
     let io = TokioIo::new(ClientIo {
         stream,
         conn: conn.clone(),
+        prefix,
     });
     let c2 = conn.clone();
     let svc = service_fn(move |req| {

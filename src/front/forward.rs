@@ -20,6 +20,7 @@ use crate::front::txn::{ProxyBody, Txn};
 use crate::observe::counters::Counters;
 use crate::observe::record::{Hierarchy, ResultCode};
 use crate::policy::acl::{Facts, Verdict};
+use crate::policy::auth::Outcome;
 use crate::relay::body::ReqBody;
 use crate::relay::headers::strip_hop_by_hop;
 use crate::relay::pool::{self, Sender};
@@ -31,6 +32,8 @@ struct Refusal {
     result: ResultCode,
     termination: [u8; 2],
     detail: String,
+    /// A 407: send the authentication challenges (`stale=true` when set).
+    challenge: Option<bool>,
 }
 
 impl Refusal {
@@ -40,6 +43,19 @@ impl Refusal {
             result,
             termination: *termination,
             detail: detail.into(),
+            challenge: None,
+        }
+    }
+
+    fn login(stale: bool) -> Refusal {
+        Refusal {
+            challenge: Some(stale),
+            ..Refusal::new(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                ResultCode::TcpDenied,
+                b"PR",
+                "This proxy requires you to log in first.",
+            )
         }
     }
 }
@@ -64,7 +80,12 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
 
 /// Answers with a proxy page; the transaction is logged when the page is sent.
 fn refuse(mut txn: Txn, r: Refusal) -> Response<ProxyBody> {
-    let (resp, body) = error_page::render(r.status, &r.detail, &txn.conn.cfg.visible_hostname);
+    let (mut resp, body) = error_page::render(r.status, &r.detail, &txn.conn.cfg.visible_hostname);
+    if let (Some(stale), Some(auth)) = (r.challenge, &txn.conn.cfg.auth) {
+        for v in auth.challenges(stale) {
+            resp.headers_mut().append(header::PROXY_AUTHENTICATE, v);
+        }
+    }
     txn.rec.status = r.status.as_u16();
     txn.rec.result = r.result;
     txn.rec.termination = r.termination;
@@ -80,20 +101,48 @@ fn normalize_host(host: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Checks the access rules and resolves the destination; returns the
-/// addresses the rules allow, in the order to try them.
-async fn admit(txn: &mut Txn, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
+/// Checks the access rules (and the credentials, when a rule asks for a
+/// user) and resolves the destination; returns the addresses the rules
+/// allow, in the order to try them.
+async fn admit(
+    txn: &mut Txn,
+    credentials: Option<&HeaderValue>,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Refusal> {
     let conn = txn.conn.clone();
     let cfg = &conn.cfg;
     let rules = &cfg.listeners[conn.session.listener].access;
+    let method = txn.rec.method.clone();
     let mut facts = Facts {
         src: conn.session.client.ip(),
-        method: &txn.rec.method,
+        method: &method,
         host,
         port,
         dst: None,
+        user: None,
     };
-    let verdict = rules.check(&cfg.acls, &facts);
+    let mut verdict = rules.check(&cfg.acls, &facts);
+    let user;
+    if verdict == Verdict::NeedAuth {
+        let outcome = match &cfg.auth {
+            Some(a) => a.authenticate(credentials, &method, &txn.rec.uri).await,
+            None => Outcome::Absent,
+        };
+        match outcome {
+            Outcome::User(u) => {
+                txn.rec.user = Some(u.clone());
+                user = u;
+                facts.user = Some(&user);
+                verdict = rules.check(&cfg.acls, &facts);
+            }
+            Outcome::Absent => return Err(Refusal::login(false)),
+            Outcome::Failed { stale, reason } => {
+                tracing::debug!(client = %conn.session.client, "proxy authentication failed: {reason}");
+                return Err(Refusal::login(stale));
+            }
+        }
+    }
     let denied = |detail: String| Refusal::new(StatusCode::FORBIDDEN, ResultCode::TcpDenied, b"PR", detail);
     if let Verdict::Deny(_) = verdict {
         return Err(denied(format!(
@@ -221,7 +270,7 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
             return refuse(txn, r);
         }
     };
-    let addrs = match admit(&mut txn, &host, port).await {
+    let addrs = match admit(&mut txn, req.headers().get(header::PROXY_AUTHORIZATION), &host, port).await {
         Ok(a) => a,
         Err(r) => return refuse(txn, r),
     };
@@ -422,7 +471,7 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
         );
         return refuse(txn, r);
     };
-    let addrs = match admit(&mut txn, &host, port).await {
+    let addrs = match admit(&mut txn, req.headers().get(header::PROXY_AUTHORIZATION), &host, port).await {
         Ok(a) => a,
         Err(r) => return refuse(txn, r),
     };
@@ -446,8 +495,17 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<UpgradeIo>() {
                 Ok(parts) => {
-                    let client = parts.io.into_inner().stream;
-                    let outcome = tunnel::relay(client, server, &parts.read_buf, idle, method).await;
+                    let mut io = parts.io.into_inner();
+                    // bytes read after a PROXY header that hyper never asked for
+                    let mut early = io.take_prefix();
+                    let early = if early.is_empty() {
+                        parts.read_buf.to_vec()
+                    } else {
+                        let mut all = parts.read_buf.to_vec();
+                        all.append(&mut early);
+                        all
+                    };
+                    let outcome = tunnel::relay(io.stream, server, &early, idle, method).await;
                     txn.rec.bytes_from_client += outcome.up;
                     txn.rec.bytes_to_client += outcome.down;
                     txn.rec.termination = match outcome.end {

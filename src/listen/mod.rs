@@ -13,11 +13,25 @@ use tokio::net::TcpListener;
 use crate::front;
 use crate::runtime::State;
 
+pub mod proxy_protocol;
+
+/// What a trusted PROXY protocol header said about a connection.
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    /// The balancer: the TCP peer that sent the header.
+    pub peer: SocketAddr,
+    pub header: proxy_protocol::Header,
+}
+
 /// Who connected, where, and when.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// The client: the TCP peer, or the source a trusted PROXY header named.
     pub client: SocketAddr,
+    /// The address the client connected to (from the PROXY header, when there is one).
     pub local: SocketAddr,
+    /// Set when the connection came with a trusted PROXY header.
+    pub relayed: Option<Arc<Relayed>>,
     /// Index of the listener in the config.
     pub listener: usize,
     pub accept_time: SystemTime,
@@ -55,6 +69,7 @@ pub async fn accept_loop(state: Arc<State>, index: usize, listener: TcpListener)
                 let session = Session {
                     client,
                     local,
+                    relayed: None,
                     listener: index,
                     accept_time: SystemTime::now(),
                     accepted: Instant::now(),

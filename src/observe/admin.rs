@@ -68,6 +68,7 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
         host: "",
         port: 0,
         dst: None,
+        user: None,
     };
     if !admin.access.check(&cfg.acls, &facts).is_allow() {
         return text(

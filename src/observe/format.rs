@@ -14,7 +14,9 @@
 //!
 //!   Codes: `ts` `tu` `tl` `tg` (request time), `tr` (active ms), `>a` `>p`
 //!   (client), `la` `lp` `>la` `>lp` (local), `<a` `<p` (upstream), `Ss` `Sh`
-//!   `>Hs` `<st` `>st` `st` `rm` `ru` `rp` `rv` `un` `ul` `mt` `ft` (listener).
+//!   `>Hs` `<st` `>st` `st` `rm` `ru` `rp` `rv` `un` `ul` `mt` `ft` (listener),
+//!   `>pa` `>pp` (the balancer that sent a PROXY header; the client without
+//!   one), `{TYPE}pt` (a PROXY v2 TLV, e.g. `%{0x02}pt` the authority).
 //!
 //! * [`Style::Haproxy`], after HAProxy's `log-format`: `%`, optional
 //!   `{flags}`, then a name, where name is the longest run of letters.
@@ -23,7 +25,7 @@
 //!   `%{...}o` sets the flags of every later variable. Text has controls and
 //!   `"` encoded as `#XX`; absent values are `-` (`""` when quoted).
 //!
-//!   Variables: `ci` `cp` `fi` `fp` `si` `sp` `ft` `b` (always `-`) `s`
+//!   Variables: `ci` `cp` `pi` `pp` (PROXY balancer) `fi` `fp` `si` `sp` `ft` `b` (always `-`) `s`
 //!   (upstream `ip:port` or `<NOSRV>`) `t` `tr` (dates with ms) `Ts` `ms`
 //!   (accept time) `TR` `Tw` `Tc` `Tr` (`-1` when not run) `Ta` `Tt` `ST`
 //!   (`-1` when no status was sent) `B` `U` `HM` `HU` `HP` (path) `HQ`
@@ -191,6 +193,11 @@ enum Code {
     Millis(Span),
     ClientIp,
     ClientPort,
+    /// The balancer that sent a PROXY header (the client when there was none).
+    PeerIp,
+    PeerPort,
+    /// A PROXY v2 TLV value by type.
+    Tlv(u8),
     LocalIp,
     LocalPort,
     UpstreamIp,
@@ -240,6 +247,7 @@ impl Code {
                 | Code::SubMillis3(_)
                 | Code::Millis(_)
                 | Code::ClientPort
+                | Code::PeerPort
                 | Code::LocalPort
                 | Code::UpstreamPort
                 | Code::Status
@@ -275,6 +283,20 @@ impl Code {
             Code::Millis(span) => push_i64(out, span_ms(rec, *span)),
             Code::ClientIp => push_ip(out, rec.client.ip()),
             Code::ClientPort => push_u64(out, u64::from(rec.client.port())),
+            Code::PeerIp => push_ip(out, rec.relayed.as_ref().map_or(rec.client, |r| r.peer).ip()),
+            Code::PeerPort => push_u64(
+                out,
+                u64::from(rec.relayed.as_ref().map_or(rec.client, |r| r.peer).port()),
+            ),
+            Code::Tlv(t) => {
+                if let Some((_, v)) = rec
+                    .relayed
+                    .as_ref()
+                    .and_then(|r| r.header.tlvs.iter().find(|(k, _)| k == t))
+                {
+                    out.extend_from_slice(v);
+                }
+            }
             Code::LocalIp => push_ip(out, rec.local.ip()),
             Code::LocalPort => push_u64(out, u64::from(rec.local.port())),
             Code::UpstreamIp => {
@@ -838,8 +860,8 @@ impl SquidField {
 
 /// Squid codes, matched longest first.
 const SQUID_CODES: &[&str] = &[
-    ">Hs", "<st", ">st", ">la", ">lp", "ts", "tu", "tl", "tg", "tr", ">a", ">p", "la", "lp", "<a", "<p", "Ss", "Sh",
-    "st", "rm", "ru", "rp", "rv", "un", "ul", "mt", "ft",
+    ">Hs", "<st", ">st", ">la", ">lp", ">pa", ">pp", "pt", "ts", "tu", "tl", "tg", "tr", ">a", ">p", "la", "lp", "<a",
+    "<p", "Ss", "Sh", "st", "rm", "ru", "rp", "rv", "un", "ul", "mt", "ft",
 ];
 
 fn squid_code(name: &str) -> Code {
@@ -849,6 +871,8 @@ fn squid_code(name: &str) -> Code {
         "tr" => Code::Millis(Span::Active),
         ">a" => Code::ClientIp,
         ">p" => Code::ClientPort,
+        ">pa" => Code::PeerIp,
+        ">pp" => Code::PeerPort,
         "la" | ">la" => Code::LocalIp,
         "lp" | ">lp" => Code::LocalPort,
         "<a" => Code::UpstreamIp,
@@ -992,6 +1016,19 @@ fn parse_squid(fmt: &str) -> Result<Vec<Tok>, FormatError> {
                 let d = DateFmt::new(pattern, utc).map_err(|m| err(off, m))?;
                 Code::Date(When::Request, Box::new(d))
             }
+            "pt" => {
+                let Some((open, t)) = arg else {
+                    return Err(err(pct, "%pt needs the TLV type, e.g. %{0x02}pt"));
+                };
+                let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                    Some(h) => u8::from_str_radix(h, 16),
+                    None => t.parse::<u8>(),
+                };
+                match parsed {
+                    Ok(n) => Code::Tlv(n),
+                    Err(_) => return Err(err(open + 1, format!("`{t}` is not a TLV type (0-255 or 0x00-0xff)"))),
+                }
+            }
             other => {
                 if let Some((open, _)) = arg {
                     return Err(err(open, format!("%{other} takes no {{argument}}")));
@@ -1093,6 +1130,8 @@ fn haproxy_code(name: &str) -> Result<Code, String> {
     Ok(match name {
         "ci" => Code::ClientIp,
         "cp" => Code::ClientPort,
+        "pi" => Code::PeerIp,
+        "pp" => Code::PeerPort,
         "fi" => Code::LocalIp,
         "fp" => Code::LocalPort,
         "si" => Code::UpstreamIp,
@@ -1426,6 +1465,33 @@ mod tests {
 
     fn hap_err(fmt: &str) -> FormatError {
         LogFormat::parse(fmt, Style::Haproxy).expect_err(fmt)
+    }
+
+    #[test]
+    fn proxy_protocol_codes() {
+        let mut r = full();
+        // without a PROXY header the peer is the client and TLVs are absent
+        assert_eq!(
+            sq("%>pa:%>pp %>a %{2}pt", &r),
+            format!("{}:{} {} -", r.client.ip(), r.client.port(), r.client.ip())
+        );
+        r.relayed = Some(Arc::new(crate::listen::Relayed {
+            peer: "10.9.8.7:4242".parse().unwrap(),
+            header: crate::listen::proxy_protocol::Header {
+                version: 2,
+                local: false,
+                addrs: None,
+                tlvs: vec![(0x02, b"example.org".to_vec()), (0xe0, b"a b".to_vec())],
+            },
+        }));
+        assert_eq!(
+            sq("%>pa:%>pp %{0x02}pt %{224}pt %{3}pt", &r),
+            "10.9.8.7:4242 example.org a b -"
+        );
+        assert_eq!(hap("%pi:%pp", &r), "10.9.8.7:4242");
+        assert_eq!(squid_err("%pt").offset, 0);
+        assert_eq!(squid_err("%{x}pt").offset, 2);
+        assert_eq!(squid_err("%{256}pt").offset, 2);
     }
 
     #[test]
@@ -1854,22 +1920,35 @@ mod tests {
         r.user = Some(Arc::from("\u{0}\u{1b}[31m\"\\%]é"));
         r.listener = Arc::from("");
         r.content_type = Some(HeaderValue::from_bytes(b"\xff\xfe\t").unwrap());
+        r.relayed = Some(Arc::new(crate::listen::Relayed {
+            peer: "[::ffff:1.2.3.4]:0".parse().unwrap(),
+            header: crate::listen::proxy_protocol::Header {
+                version: 2,
+                local: false,
+                addrs: None,
+                tlvs: vec![(2, b"\x00\xff\"\n]%".to_vec()), (2, vec![])],
+            },
+        }));
         odd.push(r);
         odd.push(bare());
 
         let mut formats = Vec::new();
         for code in SQUID_CODES {
             for m in ["", "\"", "[", "#", "'", "-", "0", "-07", "\"-010.3", "[3.1", "{%s %Z}"] {
-                if m.starts_with('{') && !matches!(*code, "tl" | "tg") {
-                    continue;
-                }
-                formats.push(LogFormat::parse(&format!("%{m}{code}|"), Style::Squid).unwrap());
+                let arg_ok = matches!(*code, "tl" | "tg");
+                let f = match (m.starts_with('{'), *code == "pt") {
+                    (true, true) => continue,
+                    (false, true) => format!("%{m}{{2}}{code}|"),
+                    (true, false) if !arg_ok => continue,
+                    _ => format!("%{m}{code}|"),
+                };
+                formats.push(LogFormat::parse(&f, Style::Squid).unwrap());
             }
         }
         formats.push(LogFormat::parse("%tl %tg", Style::Squid).unwrap());
         let hap_codes = [
-            "ci", "cp", "fi", "fp", "si", "sp", "ft", "b", "s", "t", "tr", "Ts", "ms", "TR", "Tw", "Tc", "Tr", "Ta",
-            "Tt", "ST", "B", "U", "HM", "HU", "HP", "HQ", "HV", "r", "ts", "tsc", "u", "pid",
+            "ci", "cp", "pi", "pp", "fi", "fp", "si", "sp", "ft", "b", "s", "t", "tr", "Ts", "ms", "TR", "Tw", "Tc",
+            "Tr", "Ta", "Tt", "ST", "B", "U", "HM", "HU", "HP", "HQ", "HV", "r", "ts", "tsc", "u", "pid",
         ];
         for code in hap_codes {
             for m in ["", "{+Q}", "{+E}", "{+X}", "{+Q,+E,+X}"] {

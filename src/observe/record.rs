@@ -109,6 +109,9 @@ pub struct Record {
     pub content_type: Option<HeaderValue>,
     /// HAProxy termination state (`%ts`, two characters: who ended it, in which phase).
     pub termination: [u8; 2],
+    /// The PROXY header the connection came with: the balancer's address
+    /// (`%>pa`/`%>pp`, `%pi`/`%pp`) and the header's TLVs (`%{TYPE}pt`).
+    pub relayed: Option<Arc<crate::listen::Relayed>>,
 }
 
 impl Record {
@@ -135,6 +138,7 @@ impl Record {
             upstream: None,
             content_type: None,
             termination: *b"--",
+            relayed: None,
         }
     }
 }

@@ -28,6 +28,9 @@ pub enum AclKind {
     Port(Vec<RangeInclusive<u16>>),
     /// Request method.
     Method(Vec<Method>),
+    /// An authenticated user: any (`REQUIRED`, `None`) or one of the names.
+    /// Testing it without a verified user asks for credentials (407).
+    ProxyAuth(Option<Vec<String>>),
 }
 
 /// A `dstdomain` entry.
@@ -92,14 +95,18 @@ pub struct Facts<'a> {
     pub port: u16,
     /// The destination address, once known.
     pub dst: Option<IpAddr>,
+    /// The authenticated user, once credentials have been checked.
+    pub user: Option<&'a str>,
 }
 
-/// Three-valued ACL result: a destination ACL is `Unknown` until the address is known.
+/// Three-valued ACL result: a destination ACL is unknown until the address
+/// is known, a user ACL until credentials have been checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tri {
     Yes,
     No,
-    Unknown,
+    UnknownDst,
+    UnknownUser,
 }
 
 fn ip_in(nets: &[IpNet], ip: IpAddr) -> bool {
@@ -128,8 +135,13 @@ impl Acl {
                 Some(ip) => yes(ip_in(nets, ip)),
                 None => match f.host.parse::<IpAddr>() {
                     Ok(ip) => yes(ip_in(nets, ip)),
-                    Err(_) => Tri::Unknown,
+                    Err(_) => Tri::UnknownDst,
                 },
+            },
+            AclKind::ProxyAuth(names) => match (f.user, names) {
+                (None, _) => Tri::UnknownUser,
+                (Some(_), None) => Tri::Yes,
+                (Some(u), Some(list)) => yes(list.iter().any(|n| n == u)),
             },
             AclKind::DstDomain(pats) => yes(pats.iter().any(|p| p.matches(f.host))),
             AclKind::Port(ranges) => yes(ranges.iter().any(|r| r.contains(&f.port))),
@@ -164,6 +176,9 @@ pub enum Verdict {
     Deny(Option<usize>),
     /// A rule that could decide tests the destination address: resolve and ask again.
     NeedDst,
+    /// A rule that could decide tests the user: check the credentials (or ask
+    /// for them with a 407) and ask again.
+    NeedAuth,
 }
 
 impl Verdict {
@@ -210,12 +225,14 @@ impl Rules {
     /// the last rule's action (Squid's rule), and deny for an empty list.
     pub fn check(&self, acls: &[Acl], f: &Facts<'_>) -> Verdict {
         for (i, rule) in self.rules.iter().enumerate() {
-            let mut unknown = false;
+            let mut need_dst = false;
+            let mut need_user = false;
             let mut failed = false;
             for &(idx, neg) in &rule.terms {
                 match (acls[idx].test(f), neg) {
                     (Tri::Yes, false) | (Tri::No, true) => {}
-                    (Tri::Unknown, _) => unknown = true,
+                    (Tri::UnknownDst, _) => need_dst = true,
+                    (Tri::UnknownUser, _) => need_user = true,
                     _ => {
                         failed = true;
                         break;
@@ -225,7 +242,11 @@ impl Rules {
             if failed {
                 continue;
             }
-            if unknown {
+            // credentials first: they are checked before any DNS lookup
+            if need_user {
+                return Verdict::NeedAuth;
+            }
+            if need_dst {
                 return Verdict::NeedDst;
             }
             return match rule.action {
@@ -245,6 +266,21 @@ impl Rules {
             .iter()
             .flat_map(|r| r.terms.iter())
             .any(|&(i, _)| matches!(acls[i].kind, AclKind::Dst(_)))
+    }
+
+    /// The first ACL named in these rules that is not of the allowed kinds (for
+    /// rule lists checked before a request exists, such as trusted PROXY sources).
+    pub fn first_not(&self, acls: &[Acl], ok: impl Fn(&AclKind) -> bool) -> Option<usize> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.terms.iter())
+            .map(|&(i, _)| i)
+            .find(|&i| !ok(&acls[i].kind))
+    }
+
+    /// Whether any rule tests the user.
+    pub fn uses_auth(&self, acls: &[Acl]) -> bool {
+        self.first_not(acls, |k| !matches!(k, AclKind::ProxyAuth(_))).is_some()
     }
 }
 
@@ -357,6 +393,7 @@ mod tests {
             host,
             port,
             dst: None,
+            user: None,
         }
     }
 
@@ -463,5 +500,46 @@ mod tests {
         assert!(parse_port_range("70000").is_err());
         assert!(parse_port_range("90-80").is_err());
         assert!(parse_port_range("http").is_err());
+    }
+
+    #[test]
+    fn user_acls_ask_for_credentials_only_when_they_decide() {
+        let mut acls = table();
+        acls.push(Acl {
+            name: "authed".into(),
+            kind: AclKind::ProxyAuth(None),
+        });
+        acls.push(Acl {
+            name: "admins".into(),
+            kind: AclKind::ProxyAuth(Some(vec!["root".into()])),
+        });
+        let r = rules(
+            &acls,
+            &[
+                "allow localnet",
+                "deny blocked",
+                "allow admins",
+                "allow authed",
+                "deny all",
+            ],
+        );
+        let get = Method::GET;
+        // allowed sources never need to log in
+        assert_eq!(
+            r.check(&acls, &facts("10.1.1.1", &get, "a.example", 80)),
+            Verdict::Allow(Some(0))
+        );
+        // a deny before the user rule decides without credentials
+        assert_eq!(
+            r.check(&acls, &facts("192.0.2.1", &get, "x.bad.example", 80)),
+            Verdict::Deny(Some(1))
+        );
+        let mut f = facts("192.0.2.1", &get, "a.example", 80);
+        assert_eq!(r.check(&acls, &f), Verdict::NeedAuth);
+        f.user = Some("bob");
+        assert_eq!(r.check(&acls, &f), Verdict::Allow(Some(3)));
+        f.user = Some("root");
+        assert_eq!(r.check(&acls, &f), Verdict::Allow(Some(2)));
+        assert!(r.uses_auth(&acls));
     }
 }

@@ -1,4 +1,7 @@
-//! Policy: who may do what. ACL evaluation (and, later, authentication) turns
-//! the facts of a request into allow or deny.
+//! Policy: who may do what. ACL evaluation and proxy authentication turn the
+//! facts of a request into allow, deny or "log in first".
 
 pub mod acl;
+pub mod auth;
+pub mod credentials;
+pub mod digest;

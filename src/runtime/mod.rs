@@ -1,6 +1,8 @@
 //! Runtime: the shared state of a running daemon, startup, signals and the
 //! graceful shutdown.
 
+pub mod privileges;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -111,6 +113,27 @@ pub async fn stop_signal() -> &'static str {
     }
 }
 
+/// SIGHUP re-reads the credential files (through the descriptors opened at
+/// start when the files are no longer readable by the user the daemon runs as).
+async fn reload_credentials_on_sighup(auth: Arc<crate::policy::auth::Authenticator>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGHUP: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        for r in auth.reload_files() {
+            match r {
+                Ok(m) => tracing::info!("SIGHUP: reloaded {m}"),
+                Err(e) => tracing::error!("SIGHUP: {e}"),
+            }
+        }
+    }
+}
+
 /// The counter that tracks access-log records, for the admin server.
 pub fn log_figures(state: &State) -> (u64, u64) {
     (state.log.written(), state.log.dropped())
@@ -155,7 +178,34 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         .map(|l| format!("{} on {}", l.name, l.bind))
         .collect();
     let admin_addr = cfg.admin.as_ref().map(|a| a.bind);
+    let run_as = cfg.run_as.clone();
+    let auth = cfg.auth.clone();
     let state = State::new(cfg, log);
+    // every socket is bound and every file open: now drop root, or stop
+    if let Some(to) = &run_as {
+        privileges::drop_to(to)?;
+        tracing::info!(
+            "running as user {} (uid {}, gid {})",
+            privileges::current_user(),
+            to.uid,
+            to.gid
+        );
+    }
+    if let Some(auth) = auth {
+        if let Some(every) = auth.garbage_interval() {
+            let a = auth.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let left = a.collect_garbage();
+                    tracing::debug!("Digest nonces: {left} in use after garbage collection");
+                }
+            });
+        }
+        tokio::spawn(reload_credentials_on_sighup(auth));
+    }
     for (i, l) in listeners {
         tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
     }

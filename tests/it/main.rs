@@ -2,6 +2,7 @@
 //! driven by real clients (curl, raw sockets).
 
 mod acl;
+mod auth;
 mod check;
 mod connect;
 mod dns;
