@@ -233,17 +233,16 @@ async fn proxy_handshake(
                     "error:proxy-header-timeout",
                     "no complete PROXY header in time".to_string(),
                 ),
-                ReadError::Closed => (
-                    "error:proxy-header-missing",
-                    "closed before sending a PROXY header".into(),
+                // an empty connection (a port probe, a balancer's TCP check) is no transaction
+                ReadError::Closed(0) => return None,
+                ReadError::Closed(n) => (
+                    "error:proxy-header-invalid",
+                    format!("closed after {n} bytes of an incomplete PROXY header"),
                 ),
                 ReadError::Invalid(m) => ("error:proxy-header-invalid", format!("invalid PROXY header: {m}")),
                 ReadError::Io(m) => ("error:proxy-header-invalid", format!("reading the PROXY header: {m}")),
             };
-            // a LB's plain TCP health check opens and closes: not worth a record
-            if uri != "error:proxy-header-missing" || !trusted {
-                refuse_connection(state, cfg, session, uri, &why);
-            }
+            refuse_connection(state, cfg, session, uri, &why);
             return None;
         }
     };

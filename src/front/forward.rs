@@ -114,7 +114,7 @@ async fn admit(
     let cfg = &conn.cfg;
     let rules = &cfg.listeners[conn.session.listener].access;
     let method = txn.rec.method.clone();
-    let mut facts = Facts {
+    let base = Facts {
         src: conn.session.client.ip(),
         method: &method,
         host,
@@ -122,26 +122,19 @@ async fn admit(
         dst: None,
         user: None,
     };
-    let mut verdict = rules.check(&cfg.acls, &facts);
-    let user;
+    // credentials are checked the first time a rule that could decide asks
+    // for the user, whether before or after the destination is known
+    let mut user: Option<Arc<str>> = None;
+    let mut verdict = rules.check(&cfg.acls, &base);
     if verdict == Verdict::NeedAuth {
-        let outcome = match &cfg.auth {
-            Some(a) => a.authenticate(credentials, &method, &txn.rec.uri).await,
-            None => Outcome::Absent,
-        };
-        match outcome {
-            Outcome::User(u) => {
-                txn.rec.user = Some(u.clone());
-                user = u;
-                facts.user = Some(&user);
-                verdict = rules.check(&cfg.acls, &facts);
-            }
-            Outcome::Absent => return Err(Refusal::login(false)),
-            Outcome::Failed { stale, reason } => {
-                tracing::debug!(client = %conn.session.client, "proxy authentication failed: {reason}");
-                return Err(Refusal::login(stale));
-            }
-        }
+        user = Some(login(txn, credentials).await?);
+        verdict = rules.check(
+            &cfg.acls,
+            &Facts {
+                user: user.as_deref(),
+                ..base
+            },
+        );
     }
     let denied = |detail: String| Refusal::new(StatusCode::FORBIDDEN, ResultCode::TcpDenied, b"PR", detail);
     if let Verdict::Deny(_) = verdict {
@@ -160,8 +153,26 @@ async fn admit(
     let mut allowed = Vec::with_capacity(ips.len());
     for ip in ips {
         if verdict == Verdict::NeedDst {
-            facts.dst = Some(ip);
-            if !rules.check(&cfg.acls, &facts).is_allow() {
+            let mut v = rules.check(
+                &cfg.acls,
+                &Facts {
+                    dst: Some(ip),
+                    user: user.as_deref(),
+                    ..base
+                },
+            );
+            if v == Verdict::NeedAuth && user.is_none() {
+                user = Some(login(txn, credentials).await?);
+                v = rules.check(
+                    &cfg.acls,
+                    &Facts {
+                        dst: Some(ip),
+                        user: user.as_deref(),
+                        ..base
+                    },
+                );
+            }
+            if !v.is_allow() {
                 continue;
             }
         }
@@ -173,6 +184,25 @@ async fn admit(
         )));
     }
     Ok(allowed)
+}
+
+/// Checks the request's credentials: the user, or a 407 to send.
+async fn login(txn: &mut Txn, credentials: Option<&HeaderValue>) -> Result<Arc<str>, Refusal> {
+    let outcome = match &txn.conn.cfg.auth {
+        Some(a) => a.authenticate(credentials, &txn.rec.method, &txn.rec.uri).await,
+        None => Outcome::Absent,
+    };
+    match outcome {
+        Outcome::User(u) => {
+            txn.rec.user = Some(u.clone());
+            Ok(u)
+        }
+        Outcome::Absent => Err(Refusal::login(false)),
+        Outcome::Failed { stale, reason } => {
+            tracing::debug!(client = %txn.conn.session.client, "proxy authentication failed: {reason}");
+            Err(Refusal::login(stale))
+        }
+    }
 }
 
 /// A refusal for a set of failed connection attempts: 504 when every one timed out.

@@ -205,7 +205,8 @@ fn parse_v2(buf: &[u8]) -> Parsed {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadError {
     Timeout,
-    Closed,
+    /// The client closed after sending this many bytes (0: an empty connection).
+    Closed(usize),
     Invalid(String),
     Io(String),
 }
@@ -222,7 +223,7 @@ pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<(Option<H
                 .await
                 .map_err(|e| ReadError::Io(e.to_string()))?;
             if n == 0 {
-                return Err(ReadError::Closed);
+                return Err(ReadError::Closed(buf.len()));
             }
             buf.extend_from_slice(&chunk[..n]);
             match parse(&buf) {

@@ -91,6 +91,14 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
         "/stats.json" => {
             let (written, dropped) = runtime::log_figures(state);
             let mut body = state.counters.to_json(written, dropped);
+            if let Some(a) = &cfg.auth {
+                body.pop();
+                body.push_str(&format!(
+                    ",\"auth_password_checks\":{},\"digest_nonces\":{}}}",
+                    a.password_checks(),
+                    a.nonces_tracked()
+                ));
+            }
             body.push('\n');
             text(StatusCode::OK, "application/json", body)
         }

@@ -8,6 +8,7 @@
 //! HMAC per request instead of one bcrypt.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct Basic {
     pub credentials_ttl: Duration,
     cache_key: [u8; 32],
     cache: RwLock<HashMap<String, ([u8; 32], Instant)>>,
+    /// Slow hash checks run (cache misses).
+    checks: AtomicU64,
 }
 
 /// Digest authentication.
@@ -64,6 +67,7 @@ impl Basic {
             credentials_ttl,
             cache_key,
             cache: RwLock::new(HashMap::new()),
+            checks: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +110,7 @@ impl Basic {
         // an unknown user costs one hash check too
         let hash = hash.unwrap_or_else(|| PasswordHash::Bcrypt(DUMMY_BCRYPT.to_string()));
         let pw = password.to_vec();
+        self.checks.fetch_add(1, Relaxed);
         let ok = tokio::task::spawn_blocking(move || hash.verify(&pw))
             .await
             .unwrap_or(false);
@@ -214,6 +219,16 @@ impl Authenticator {
     /// How often [`Authenticator::collect_garbage`] should run.
     pub fn garbage_interval(&self) -> Option<Duration> {
         self.digest.as_ref().map(|d| d.auth.settings.nonce_garbage_interval)
+    }
+
+    /// Basic passwords checked against their slow hash (not served from the cache).
+    pub fn password_checks(&self) -> u64 {
+        self.basic.as_ref().map_or(0, |b| b.checks.load(Relaxed))
+    }
+
+    /// Used Digest nonces currently remembered.
+    pub fn nonces_tracked(&self) -> usize {
+        self.digest.as_ref().map_or(0, |d| d.auth.tracked())
     }
 
     pub fn collect_garbage(&self) -> usize {

@@ -448,6 +448,14 @@ impl DigestAuth {
         Ok(p.username.clone())
     }
 
+    /// Used nonces currently remembered.
+    pub fn tracked(&self) -> usize {
+        self.nonces
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
     /// Forgets used nonces that have expired; returns how many are left.
     pub fn collect_garbage(&self) -> usize {
         let now = now_secs();

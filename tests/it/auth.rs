@@ -371,4 +371,145 @@ fn auth_configuration_errors_are_named() {
     assert!(e.contains("`auth` needs `[auth.basic]` and/or `[auth.digest]`"), "{e}");
     let e = check_errors("user = \"no-such-user-here\"\n");
     assert!(e.contains("user `no-such-user-here` does not exist"), "{e}");
+    let e = check_errors("user = \"nobody\"\ngroup = \"no-such-group-here\"\n");
+    assert!(e.contains("group `no-such-group-here` does not exist"), "{e}");
+    let e = check_errors("group = \"nogroup\"\n");
+    assert!(e.contains("`group` needs `user` as well"), "{e}");
+}
+
+/// The example of the seed's crawler egress, on loopback: the LB network and
+/// the origin moved to 127.0.0.1, the rest as shipped.
+#[test]
+fn the_crawler_egress_example_runs_and_logs_user_and_real_client() {
+    let creds = TempDir::new();
+    let dg = creds.path("htdigest");
+    let o = passwd(
+        &["--digest", "--realm", "crawler-egress", dg.to_str().unwrap(), "alice"],
+        "alice-pw",
+    );
+    assert!(o.status.success());
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/crawler-egress.toml")).unwrap();
+    let cfg = example
+        .replace("/etc/sekisho/htdigest", dg.to_str().unwrap())
+        .replace("0.0.0.0:35201", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:8404", "127.0.0.1:{ADMIN}")
+        .replace(
+            "lb_net = { src = [\"10.0.0.0/24\"] }",
+            "lb_net = { src = [\"127.0.0.1\"] }",
+        )
+        .replace("  \"deny to_localhost\",\n", "")
+        .replace("[acl]\n", "[hosts]\n\"origin.test\" = \"127.0.0.1\"\n[acl]\n")
+        .replace("user = \"nobody\"\ngroup = \"nogroup\"\n", "");
+    assert_ne!(cfg, example);
+    let check_file = creds.path("example.toml");
+    std::fs::write(
+        &check_file,
+        example.replace("/etc/sekisho/htdigest", dg.to_str().unwrap()),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&check_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let origin = Origin::start();
+    let p = start(&cfg);
+    let url = origin.url("/echo");
+    let hdr = format!("PROXY TCP4 10.20.1.5 10.0.0.9 41000 {}\r\n", p.port);
+    let send = |extra: &str| {
+        raw(
+            p.port,
+            format!(
+                "{hdr}GET {url} HTTP/1.1\r\nHost: origin.test\r\nX-Forwarded-For: 10.20.1.5\r\nVia: 1.1 crawler\r\n{extra}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+            Duration::from_secs(5),
+        )
+    };
+    let first = send("");
+    assert_eq!(status(&first), 407, "{first}");
+    let nonce = nonce_of(&first);
+    let alg = Algorithm::Sha256;
+    let resp = response(
+        alg,
+        &ha1(alg, "alice", "crawler-egress", "alice-pw"),
+        &nonce,
+        "00000001",
+        "c1",
+        "auth",
+        "GET",
+        &url,
+    );
+    let ok = send(&format!(
+        "Proxy-Authorization: Digest username=\"alice\", realm=\"crawler-egress\", nonce=\"{nonce}\", uri=\"{url}\", \
+         algorithm=SHA-256, response=\"{resp}\", qop=auth, nc=00000001, cnonce=\"c1\"\r\n"
+    ));
+    assert_eq!(status(&ok), 200, "{ok}");
+    let e = Echo::parse(ok.split_once("\r\n\r\n").unwrap().1);
+    assert_eq!(e.header("x-forwarded-for"), None);
+    assert_eq!(e.header("via"), None);
+    assert!(!ok.to_ascii_lowercase().contains("\r\nvia:"));
+    // the log line of the seed: real client from the header, the user
+    let lines = p.log_lines(2);
+    assert!(lines[1].contains(" 10.20.1.5 TCP_MISS/200 "), "{lines:#?}");
+    assert!(
+        lines[1].contains(&format!(" GET {url} alice HIER_DIRECT/127.0.0.1 ")),
+        "{lines:#?}"
+    );
+}
+
+fn stat(p: &Sekisho, key: &str) -> u64 {
+    let (code, body) = p.admin_get("/stats.json");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {body}"))
+}
+
+#[test]
+fn verified_passwords_are_remembered_for_credentials_ttl() {
+    let creds = TempDir::new();
+    let (d, b) = credentials(&creds);
+    let origin = Origin::start();
+    let url = origin.url("/echo");
+    let cfg = auth_config(&d, &b, AUTHED, "");
+    let bob = ["--proxy-basic", "-U", "bob:bob-pw"];
+    // default (2 h): one slow hash check for three requests; a wrong password is always checked
+    let p = start(&cfg);
+    for _ in 0..3 {
+        assert_eq!(curl_status(&p.proxy(), &url, &bob).0, 200);
+    }
+    assert_eq!(stat(&p, "auth_password_checks"), 1);
+    assert_eq!(curl_status(&p.proxy(), &url, &["--proxy-basic", "-U", "bob:bad"]).0, 407);
+    assert_eq!(stat(&p, "auth_password_checks"), 2);
+    // a short ttl: checked again once it has passed
+    let p = start(&cfg.replace("[auth.basic]\n", "[auth.basic]\ncredentials_ttl = \"200ms\"\n"));
+    for _ in 0..2 {
+        assert_eq!(curl_status(&p.proxy(), &url, &bob).0, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(stat(&p, "auth_password_checks"), 2);
+}
+
+#[test]
+fn expired_nonces_are_collected_at_the_garbage_interval() {
+    let creds = TempDir::new();
+    let (d, b) = credentials(&creds);
+    let origin = Origin::start();
+    let extra = "nonce_max_duration = \"1s\"\nnonce_garbage_interval = \"500ms\"";
+    let p = start(&auth_config(&d, &b, AUTHED, extra));
+    let url = origin.url("/echo");
+    let c = DigestClient { port: p.port, url };
+    for _ in 0..2 {
+        let n = c.challenge();
+        assert_eq!(status(&c.send(Algorithm::Sha256, &n, 1, "alice-pw")), 200);
+    }
+    assert_eq!(stat(&p, "digest_nonces"), 2);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while stat(&p, "digest_nonces") > 0 {
+        assert!(std::time::Instant::now() < end, "expired nonces never collected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -152,3 +152,62 @@ fn error_pages_show_visible_hostname_and_no_version() {
     assert!(!all.contains(env!("CARGO_PKG_VERSION")), "no version string: {all}");
     assert!(!all.to_ascii_lowercase().contains("server:"), "no Server header: {all}");
 }
+
+#[test]
+fn anonymous_mode_hides_the_proxy_and_its_keys_still_override() {
+    let origin = Origin::start();
+    let tell_tales = [
+        "-H",
+        "X-Forwarded-For: 198.51.100.1",
+        "-H",
+        "Via: 1.1 inner",
+        "-H",
+        "Cache-Control: max-age=0",
+        "-H",
+        "Forwarded: for=198.51.100.1",
+        "-H",
+        "X-Real-IP: 198.51.100.1",
+        "-H",
+        "X-Kept: yes",
+    ];
+    let p = start(&basic_config("[http]\nanonymous = true\n"));
+    let o = curl(&["-s", "-i", "-x", &p.proxy(), &origin.url("/echo")]);
+    let proxy = p.proxy();
+    let mut args = vec!["-s", "-i", "-x", &proxy];
+    args.extend_from_slice(&tell_tales);
+    let url = origin.url("/echo");
+    args.push(&url);
+    let o2 = curl(&args);
+    let (head, body) = String::from_utf8_lossy(&o2.stdout)
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap();
+    let e = Echo::parse(&body);
+    for h in ["x-forwarded-for", "via", "cache-control", "forwarded", "x-real-ip"] {
+        assert_eq!(e.header(h), None, "{h} reached the origin");
+    }
+    assert_eq!(e.header("x-kept"), Some("yes"));
+    assert!(!head.to_ascii_lowercase().contains("\nvia:"), "{head}");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("HTTP/1.1 200"));
+    // a version string nowhere: not on an error page either
+    let (code, page) = curl_status(&p.proxy(), "http://127.0.0.1:1/", &[]);
+    assert_eq!(code, 502);
+    assert!(
+        !page.contains("sekisho") && !page.contains(env!("CARGO_PKG_VERSION")),
+        "{page}"
+    );
+
+    // each key behind the switch still wins
+    let p = start(&basic_config(
+        "[http]\nanonymous = true\nvia = true\nrequest_header_delete = [\"X-Real-IP\"]\n",
+    ));
+    let proxy = p.proxy();
+    let mut args = vec!["-s", "-x", &proxy];
+    args.extend_from_slice(&tell_tales);
+    args.push(&url);
+    let e = Echo::parse(&String::from_utf8_lossy(&curl(&args).stdout));
+    assert_eq!(e.header("via"), Some("1.1 inner, 1.1 proxy.test"));
+    assert_eq!(e.header("cache-control"), Some("max-age=0"));
+    assert_eq!(e.header("x-real-ip"), None);
+    assert_eq!(e.header("x-forwarded-for"), None, "forwarded_for stays delete");
+}

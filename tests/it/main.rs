@@ -12,3 +12,5 @@ mod harness;
 mod headers;
 mod lifecycle;
 mod log;
+mod privileges;
+mod proxy_protocol;
