@@ -18,12 +18,13 @@ need not come from the same run as the req/s shown).
 import statistics
 import sys
 
-FWD_ORDER = ["direct", "sekisho-log", "sekisho-nolog", "squid", "tinyproxy"]
-CONNECT_ORDER = FWD_ORDER
+FWD_ORDER = ["direct", "sekisho-log", "sekisho-nolog", "sekisho-digest", "squid", "tinyproxy"]
+CONNECT_ORDER = [n for n in FWD_ORDER if n != "sekisho-digest"]
 LABELS = {
     "direct": "direct to nginx (no proxy)",
     "sekisho-log": "sekisho, access log on",
     "sekisho-nolog": "sekisho, access log off",
+    "sekisho-digest": "sekisho, Digest auth, access log on",
     "squid": "Squid",
     "tinyproxy": "tinyproxy",
 }
@@ -110,6 +111,10 @@ def forward_section(p, fwd, notes, metad, fwd_med):
         cpus = [r["cpu"] for r in good if r["cpu"] is not None]
         m_cpu = med(cpus)
         fwd_med[name] = m_rps
+        # requests per second of proxy CPU, per run: capacity when the proxy is
+        # not the bottleneck (the Digest run's load generator works harder)
+        per_cpu = [r["rps"] / (r["cpu"] / 100) for r in good if r["cpu"]]
+        fwd_med[name + "/cpu"] = med(per_cpu)
         errs = {k: sum(r["errors"][k] for r in good) for k in ERR_FIELDS}
         err_txt = ", ".join("%s %d" % ("non-2xx/3xx" if k == "status" else k, v)
                             for k, v in errs.items() if v) or "none"
@@ -190,6 +195,13 @@ def targets_section(p, fwd_med, conn_med, have_fwd, have_conn):
         a, b = fwd_med.get(name), fwd_med.get("squid")
         ok = None if a is None or not b else a / b >= 4.0
         p("- %s: forward req/s ≥ 4 × Squid: %s (%s×)" % (LABELS[name], verdict(ok), ratio(a, b)))
+    a, b = fwd_med.get("sekisho-digest/cpu"), fwd_med.get("sekisho-log/cpu")
+    if have_fwd and a is not None and b:
+        cost = 1 - a / b
+        raw = 1 - fwd_med["sekisho-digest"] / fwd_med["sekisho-log"]
+        p("- Digest authentication costs < 10%% of forward throughput (req/s per second of proxy CPU, "
+          "vs. log on): %s (%.1f%%; %.0f vs %.0f req per CPU-second; raw req/s %.1f%% lower, see notes)" % (
+              verdict(cost < 0.10), 100 * cost, a, b, 100 * raw))
     for name in ["sekisho-log", "sekisho-nolog"] if have_conn else []:
         a = conn_med.get(name)
         ok = None if a is None or not direct else a / direct >= 0.85

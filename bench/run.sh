@@ -25,7 +25,7 @@ BIG_SIZE=${BIG_SIZE:-1G}        # size of the CONNECT download (fallocate/trunca
 SMALL_BYTES=${SMALL_BYTES:-100} # size of the keep-alive response body
 PROXY_CPU=${PROXY_CPU:-0}       # CPU the proxies are pinned to
 LOAD_CPU=${LOAD_CPU:-1}         # CPU wrk, curl and nginx are pinned to
-TARGETS=${TARGETS:-"sekisho-log sekisho-nolog squid tinyproxy"}
+TARGETS=${TARGETS:-"sekisho-log sekisho-nolog sekisho-digest squid tinyproxy"}
 MODES=${MODES:-"forward connect"} # which measurements to make
 KEEP_TMP=${KEEP_TMP:-0}         # 1 = keep the temporary directory
 OUT_DIR=${OUT_DIR:-}            # if set: report.md and raw outputs are copied there
@@ -300,6 +300,7 @@ noisy() { # noisy FOREIGN_PCT: true when other processes used more than FOREIGN_
 # Targets: "direct" (nginx itself) and the proxies. For each: T_PORT (where wrk/curl
 # connect), T_PID (the proxy process; empty for direct).
 declare -A T_PORT=() T_PID=()
+AUTH_SEQ=0
 
 wrk_cmd() { # wrk_cmd NAME SECONDS: sets CMD to the wrk command line for a target
     local name=$1 secs=$2 target host
@@ -308,7 +309,16 @@ wrk_cmd() { # wrk_cmd NAME SECONDS: sets CMD to the wrk command line for a targe
     else
         target=http://127.0.0.1:$ORIGIN/small host=127.0.0.1:$ORIGIN
     fi
-    CMD=(env BENCH_TARGET="$target" BENCH_HOST="$host" taskset -c "$LOAD_CPU" wrk -t"$THREADS"
+    local auth=""
+    if [[ $name == sekisho-digest ]]; then
+        # a fresh nonce per wrk thread for every wrk run, and the Digest
+        # responses for counts 1..N precomputed (wrk's Lua has no hash functions)
+        AUTH_SEQ=$((AUTH_SEQ + 1))
+        auth=$TMP/digest-auth-$AUTH_SEQ
+        python3 "$HERE/digest_auth.py" "http://127.0.0.1:${T_PORT[$name]}" "$target" "$THREADS" \
+            $((secs * 60000)) "$auth" || die "could not prepare Digest responses"
+    fi
+    CMD=(env BENCH_TARGET="$target" BENCH_HOST="$host" BENCH_AUTH="$auth" taskset -c "$LOAD_CPU" wrk -t"$THREADS"
         -c"$CONNECTIONS" -d"${secs}s" --latency -s "$HERE/forward.lua" "http://127.0.0.1:${T_PORT[$name]}/")
 }
 
@@ -396,14 +406,15 @@ connect_once() { # connect_once NAME RUN: one download of the big file, appended
 }
 
 sanity() { # sanity NAME PORT: one request through the proxy, plain and tunnelled
-    local name=$1 port=$2 body
-    body=$(taskset -c "$LOAD_CPU" curl -s --max-time 10 -x "http://127.0.0.1:$port" \
+    local name=$1 port=$2 body login=()
+    [[ $name == sekisho-digest ]] && login=(--proxy-digest -U bench:bench)
+    body=$(taskset -c "$LOAD_CPU" curl -s --max-time 10 "${login[@]}" -x "http://127.0.0.1:$port" \
         "http://127.0.0.1:$ORIGIN/small" || true)
     if [[ $body != "$(cat "$TMP/www/small")" ]]; then
         note "$name" "sanity check failed: forward GET did not return the file"
         return 1
     fi
-    body=$(taskset -c "$LOAD_CPU" curl -s --max-time 10 -p -x "http://127.0.0.1:$port" \
+    body=$(taskset -c "$LOAD_CPU" curl -s --max-time 10 "${login[@]}" -p -x "http://127.0.0.1:$port" \
         "http://127.0.0.1:$ORIGIN/small" || true)
     if [[ $body != "$(cat "$TMP/www/small")" ]]; then
         note "$name" "sanity check failed: GET through a CONNECT tunnel did not return the file"
@@ -412,24 +423,46 @@ sanity() { # sanity NAME PORT: one request through the proxy, plain and tunnelle
 }
 
 # start_* NAME: start a proxy on a free port, setting PROXY_PID and PROXY_PORT
-start_sekisho() { # start_sekisho NAME on|off
-    local name=$1 logging=$2 dir=$TMP/$1
+start_sekisho() { # start_sekisho NAME on|off [digest]
+    local name=$1 logging=$2 auth=${3:-} dir=$TMP/$1 access='["allow localhost", "deny all"]'
     mkdir -p "$dir"
     PROXY_PORT=$(free_port)
+    if [[ $auth == digest ]]; then
+        # user "bench", password "bench", realm "bench"
+        printf 'bench:bench:%s\n' "$(printf 'bench:bench:bench' | sha256sum | cut -d' ' -f1)" >"$dir/htdigest"
+        access='["allow authed", "deny all"]'
+    fi
     cat >"$dir/sekisho.toml" <<EOF
 [acl]
 all_ports = { port = ["1-65535"] }
 CONNECT = { method = ["CONNECT"] }
+authed = { proxy_auth = "REQUIRED" }
 
 [[listener]]
 name = "forward"
 bind = "127.0.0.1:$PROXY_PORT"
 mode = "forward"
-access = ["allow localhost", "deny all"]
+access = $access
 
 [admin]
 enabled = false
 EOF
+    if [[ $auth == digest ]]; then
+        # nonces reused for the whole run (the responses are precomputed), and
+        # the counts of one nonce arrive out of order over many connections
+        cat >>"$dir/sekisho.toml" <<EOF
+
+[auth]
+realm = "bench"
+
+[auth.digest]
+file = "$dir/htdigest"
+algorithms = ["SHA-256"]
+nonce_max_duration = "1h"
+nonce_max_count = 0
+nonce_count_window = 127
+EOF
+    fi
     if [[ $logging == on ]]; then
         cat >>"$dir/sekisho.toml" <<EOF
 
@@ -545,6 +578,7 @@ for name in $TARGETS; do
     case $name in
     sekisho-log) start_sekisho "$name" on && ok=1 ;;
     sekisho-nolog) start_sekisho "$name" off && ok=1 ;;
+    sekisho-digest) start_sekisho "$name" on digest && ok=1 ;;
     squid) start_squid "$name" && ok=1 ;;
     tinyproxy) start_tinyproxy "$name" && ok=1 ;;
     *) die "unknown target $name" ;;
@@ -571,12 +605,13 @@ if want connect; then
     if ((WARMUP > 0)); then
         # in testing, the first big transfer after the wrk phase was often ~40 % slower
         for name in "${LIST[@]}"; do
+            [[ $name == sekisho-digest ]] && continue
             connect_cmd "$name"
             "${CMD[@]}" >"$TMP/curl-$name-warmup.out" 2>&1 || true
         done
     fi
     for ((run = 1; run <= RUNS; run++)); do
-        for name in "${LIST[@]}"; do connect_once "$name" "$run"; done
+        for name in "${LIST[@]}"; do [[ $name == sekisho-digest ]] || connect_once "$name" "$run"; done
     done
 fi
 

@@ -8,7 +8,6 @@
 //! nonce has expired are removed by [`DigestAuth::collect_garbage`].
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -80,12 +79,15 @@ impl Algorithm {
     }
 }
 
+/// Lower-case hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Vec::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(DIGITS[(b >> 4) as usize]);
+        s.push(DIGITS[(b & 15) as usize]);
     }
-    s
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// The stored HA1 of a user for an algorithm family, as hex.
@@ -393,12 +395,13 @@ impl DigestAuth {
             _ => None,
         };
         // an unknown user costs the same as a wrong password
-        let ha1 = secrets
-            .and_then(|s| stored_ha1(s, alg))
-            .unwrap_or_else(|| "0".repeat(if alg.sha256() { 64 } else { 32 }));
+        let stored = secrets.and_then(|s| stored_ha1(s, alg));
+        let known = stored.is_some();
+        let ha1 = stored.unwrap_or_else(|| "0".repeat(if alg.sha256() { 64 } else { 32 }));
         let expected = response(alg, &ha1, &p.nonce, nc, cnonce, qop, method, &p.uri);
-        let matches = expected.as_bytes().ct_eq(p.response.to_ascii_lowercase().as_bytes());
-        if secrets.and_then(|s| stored_ha1(s, alg)).is_none() || !bool::from(matches) {
+        // RFC 7616: the response is lower-case hex
+        let matches = expected.as_bytes().ct_eq(p.response.as_bytes());
+        if !known || !bool::from(matches) {
             return bad("wrong user name or password");
         }
 
