@@ -482,7 +482,10 @@ fn verified_passwords_are_remembered_for_credentials_ttl() {
         assert_eq!(curl_status(&p.proxy(), &url, &bob).0, 200);
     }
     assert_eq!(stat(&p, "auth_password_checks"), 1);
-    assert_eq!(curl_status(&p.proxy(), &url, &["--proxy-basic", "-U", "bob:bad"]).0, 407);
+    assert_eq!(
+        curl_status(&p.proxy(), &url, &["--proxy-basic", "-U", "bob:bad"]).0,
+        407
+    );
     assert_eq!(stat(&p, "auth_password_checks"), 2);
     // a short ttl: checked again once it has passed
     let p = start(&cfg.replace("[auth.basic]\n", "[auth.basic]\ncredentials_ttl = \"200ms\"\n"));

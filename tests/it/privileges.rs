@@ -1,6 +1,7 @@
 //! `user`/`group`: bind as root, then serve as an unprivileged user, with
 //! credential files only root may read still working across SIGHUP.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -140,9 +141,15 @@ fn a_user_switch_that_cannot_happen_stops_the_start() {
     )
     .unwrap();
     require_tool("runuser");
+    // a copy the unprivileged user can run wherever the checkout lives
+    let exe = dir.path("sekisho");
+    std::fs::copy(bin(), &exe).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     // started as the unprivileged user, it cannot become root: refuse to run
     let o = Command::new("runuser")
-        .args(["-u", USER, "--", bin(), "run", "-c"])
+        .args(["-u", USER, "--"])
+        .arg(&exe)
+        .args(["run", "-c"])
         .arg(&cfg)
         .output()
         .unwrap();
