@@ -233,11 +233,7 @@ fn passwd(
             (Kind::Passwd, None, vec![format!("{user}:{hash}")])
         }
     };
-    let existed = old.lines().any(|l| match kind {
-        Kind::Passwd => l.split_once(':').is_some_and(|(u, _)| u == user),
-        Kind::Digest => l.starts_with(&format!("{user}:{}:", realm.unwrap_or(""))),
-    });
-    let new = credentials::with_user(&old, kind, user, realm, &lines);
+    let (new, existed) = credentials::with_user(&old, kind, user, realm, &lines);
     credentials::write_atomic(file, new.as_bytes()).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     Ok(format!(
         "{} user `{user}` in {}",

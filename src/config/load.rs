@@ -862,11 +862,14 @@ fn cred_file(
     kind: crate::policy::credentials::Kind,
 ) -> Option<Arc<crate::policy::credentials::CredFile>> {
     let path = tab.key_path("file");
+    let present = tab.t.iter().any(|(k, _)| k.get_ref() == "file");
     let Some((p, span)) = tab.str(cx, "file") else {
-        cx.err(
-            tab.span.clone(),
-            format!("`{}` needs `file` (an absolute path)", tab.path),
-        );
+        if !present {
+            cx.err(
+                tab.span.clone(),
+                format!("`{}` needs `file` (an absolute path)", tab.path),
+            );
+        }
         return None;
     };
     if !p.starts_with('/') {

@@ -185,25 +185,38 @@ impl AsyncWrite for ClientIo {
 /// The IO type behind an upgraded (CONNECT) request, for taking the socket back.
 pub type UpgradeIo = TokioIo<ClientIo>;
 
-/// Why a connection was closed before its first request.
-fn refuse_connection(state: &State, cfg: &Config, session: &Session, uri: &'static str, why: &str) {
-    tracing::debug!(client = %session.client, listener = %cfg.listeners[session.listener].name, "{why}; connection closed");
-    let mut rec = Record::new(
-        session.accept_time,
-        session.client,
-        session.local,
-        cfg.listeners[session.listener].name.clone(),
-    );
+/// Logs an error that ended a connection outside any request (`NONE error:...`).
+fn log_connection_error(
+    state: &State,
+    mut rec: Record,
+    session: &Session,
+    status: u16,
+    uri: &'static str,
+    termination: &[u8; 2],
+) {
+    rec.status = status;
     rec.method = http::Method::from_bytes(b"NONE").unwrap_or(http::Method::GET);
     rec.uri = http::Uri::from_static(uri);
-    rec.termination = if uri == "error:proxy-header-untrusted" {
-        *b"PR"
-    } else {
-        *b"CR"
-    };
+    rec.termination = *termination;
+    rec.active = Duration::ZERO;
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.errors);
     state.log.submit(rec);
+}
+
+/// A connection closed before its first request because of its PROXY header.
+fn refuse_connection(
+    state: &State,
+    cfg: &Config,
+    session: &Session,
+    uri: &'static str,
+    termination: &[u8; 2],
+    why: &str,
+) {
+    let name = cfg.listeners[session.listener].name.clone();
+    tracing::debug!(client = %session.client, listener = %name, "{why}; connection closed");
+    let rec = Record::new(session.accept_time, session.client, session.local, name);
+    log_connection_error(state, rec, session, 0, uri, termination);
 }
 
 /// Reads the PROXY header a listener expects; `None` when the connection is refused.
@@ -242,7 +255,7 @@ async fn proxy_handshake(
                 ReadError::Invalid(m) => ("error:proxy-header-invalid", format!("invalid PROXY header: {m}")),
                 ReadError::Io(m) => ("error:proxy-header-invalid", format!("reading the PROXY header: {m}")),
             };
-            refuse_connection(state, cfg, session, uri, &why);
+            refuse_connection(state, cfg, session, uri, b"CR", &why);
             return None;
         }
     };
@@ -253,6 +266,7 @@ async fn proxy_handshake(
                 cfg,
                 session,
                 "error:proxy-header-untrusted",
+                b"PR",
                 &format!("PROXY header from untrusted source {}", peer.ip()),
             );
             None
@@ -263,6 +277,7 @@ async fn proxy_handshake(
                 cfg,
                 session,
                 "error:proxy-header-missing",
+                b"CR",
                 "the listener requires a PROXY header",
             );
             None
@@ -355,13 +370,13 @@ fn bad_request(conn: &Conn, e: &hyper::Error) {
         tracing::debug!(client = %conn.session.client, "client connection error: {e}");
         return;
     }
-    let mut rec = conn.record();
-    rec.status = if e.is_parse_too_large() { 431 } else { 400 };
-    rec.method = http::Method::from_bytes(b"NONE").unwrap_or(http::Method::GET);
-    rec.uri = http::Uri::from_static("error:invalid-request");
-    rec.termination = *b"PR";
-    rec.active = Duration::ZERO;
-    rec.total = conn.session.accepted.elapsed();
-    crate::observe::counters::Counters::inc(&conn.state.counters.errors);
-    conn.state.log.submit(rec);
+    let status = if e.is_parse_too_large() { 431 } else { 400 };
+    log_connection_error(
+        &conn.state,
+        conn.record(),
+        &conn.session,
+        status,
+        "error:invalid-request",
+        b"PR",
+    );
 }

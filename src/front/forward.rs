@@ -527,13 +527,11 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
                 Ok(parts) => {
                     let mut io = parts.io.into_inner();
                     // bytes read after a PROXY header that hyper never asked for
-                    let mut early = io.take_prefix();
-                    let early = if early.is_empty() {
-                        parts.read_buf.to_vec()
+                    let prefix = io.take_prefix();
+                    let early: std::borrow::Cow<'_, [u8]> = if prefix.is_empty() {
+                        std::borrow::Cow::Borrowed(&parts.read_buf)
                     } else {
-                        let mut all = parts.read_buf.to_vec();
-                        all.append(&mut early);
-                        all
+                        std::borrow::Cow::Owned([&parts.read_buf[..], &prefix].concat())
                     };
                     let outcome = tunnel::relay(io.stream, server, &early, idle, method).await;
                     txn.rec.bytes_from_client += outcome.up;

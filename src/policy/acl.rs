@@ -277,11 +277,6 @@ impl Rules {
             .map(|&(i, _)| i)
             .find(|&i| !ok(&acls[i].kind))
     }
-
-    /// Whether any rule tests the user.
-    pub fn uses_auth(&self, acls: &[Acl]) -> bool {
-        self.first_not(acls, |k| !matches!(k, AclKind::ProxyAuth(_))).is_some()
-    }
 }
 
 /// Parses `allow NAME [!NAME]...` against the ACL names; errors carry the byte
@@ -540,6 +535,7 @@ mod tests {
         assert_eq!(r.check(&acls, &f), Verdict::Allow(Some(3)));
         f.user = Some("root");
         assert_eq!(r.check(&acls, &f), Verdict::Allow(Some(2)));
-        assert!(r.uses_auth(&acls));
+        let user_acl = r.first_not(&acls, |k| !matches!(k, AclKind::ProxyAuth(_)));
+        assert_eq!(user_acl.map(|i| acls[i].name.as_str()), Some("admins"));
     }
 }

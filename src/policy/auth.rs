@@ -167,12 +167,17 @@ impl Authenticator {
                     };
                 }
             };
-            // the digest-uri is the request-target as sent; accept the path
-            // form too, which some clients use for absolute-form requests
+            // the digest-uri is the request-target as sent; for absolute-form
+            // requests accept the path form too, which some clients use
             let full = uri.to_string();
-            let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+            let mut targets = vec![full.as_str()];
+            if uri.scheme().is_some()
+                && let Some(pq) = uri.path_and_query()
+            {
+                targets.push(pq.as_str());
+            }
             let users = d.file.users();
-            return match d.auth.verify(&users, &p, method.as_str(), &[full.as_str(), pq]) {
+            return match d.auth.verify(&users, &p, method.as_str(), &targets) {
                 Ok(u) => Outcome::User(u.into()),
                 Err(Failure::Credentials(reason)) => Outcome::Failed { stale: false, reason },
                 Err(Failure::Stale(reason)) => Outcome::Failed { stale: true, reason },

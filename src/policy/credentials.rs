@@ -94,16 +94,20 @@ pub enum Kind {
     Digest,
 }
 
+/// The entry lines of a credential file with their line numbers: `#`
+/// comments and blank lines skipped, CRLF endings accepted.
+fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+}
+
 /// Parses an htpasswd file: `user:HASH` per line, `#` comments and blank lines ignored.
 pub fn parse_passwd(text: &str) -> Result<HashMap<String, PasswordHash>, Vec<String>> {
     let mut out = HashMap::new();
     let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
+    for (n, line) in entries(text) {
         let Some((user, hash)) = line.split_once(':') else {
             errors.push(format!("line {n}: expected `user:hash`"));
             continue;
@@ -140,12 +144,7 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 pub fn parse_digest(text: &str) -> Result<HashMap<(String, String), DigestSecrets>, Vec<String>> {
     let mut out: HashMap<(String, String), DigestSecrets> = HashMap::new();
     let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
+    for (n, line) in entries(text) {
         // realms may contain ':'; the user cannot and the HA1 is last
         let (Some((user, rest)), Some((_, ha1))) = (line.split_once(':'), line.rsplit_once(':')) else {
             errors.push(format!("line {n}: expected `user:realm:HA1`"));
@@ -262,10 +261,17 @@ impl CredFile {
 }
 
 /// The new content of a credential file with `user`'s entries (in `realm`
-/// for htdigest) replaced by `lines`, kept in place or appended.
-pub fn with_user(old: &str, kind: Kind, user: &str, realm: Option<&str>, lines: &[String]) -> String {
+/// for htdigest) replaced by `lines`, kept in place or appended; and whether
+/// the user had entries before.
+pub fn with_user(old: &str, kind: Kind, user: &str, realm: Option<&str>, lines: &[String]) -> (String, bool) {
     let mut out = String::with_capacity(old.len() + 128);
     let mut placed = false;
+    let push_new = |out: &mut String| {
+        for l in lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+    };
     for line in old.lines() {
         let mine = match kind {
             Kind::Passwd => line.split_once(':').is_some_and(|(u, _)| u == user),
@@ -276,10 +282,7 @@ pub fn with_user(old: &str, kind: Kind, user: &str, realm: Option<&str>, lines: 
         };
         if mine {
             if !placed {
-                for l in lines {
-                    out.push_str(l);
-                    out.push('\n');
-                }
+                push_new(&mut out);
                 placed = true;
             }
             continue;
@@ -288,12 +291,9 @@ pub fn with_user(old: &str, kind: Kind, user: &str, realm: Option<&str>, lines: 
         out.push('\n');
     }
     if !placed {
-        for l in lines {
-            out.push_str(l);
-            out.push('\n');
-        }
+        push_new(&mut out);
     }
-    out
+    (out, placed)
 }
 
 /// Replaces `path` with `content` atomically: a temporary file (mode 0600,
@@ -366,16 +366,16 @@ mod tests {
     fn replacing_a_user_keeps_the_others_in_place() {
         let old = "# users\na:$2y$x\nb:$2y$y\n";
         assert_eq!(
-            with_user(old, Kind::Passwd, "a", None, &["a:NEW".into()]),
+            with_user(old, Kind::Passwd, "a", None, &["a:NEW".into()]).0,
             "# users\na:NEW\nb:$2y$y\n"
         );
         assert_eq!(
-            with_user(old, Kind::Passwd, "c", None, &["c:N".into()]),
+            with_user(old, Kind::Passwd, "c", None, &["c:N".into()]).0,
             format!("{old}c:N\n")
         );
         let d = "u:r1:aa\nu:r2:bb\nu:r1:cc\n";
         assert_eq!(
-            with_user(d, Kind::Digest, "u", Some("r1"), &["u:r1:X".into(), "u:r1:Y".into()]),
+            with_user(d, Kind::Digest, "u", Some("r1"), &["u:r1:X".into(), "u:r1:Y".into()]).0,
             "u:r1:X\nu:r1:Y\nu:r2:bb\n"
         );
     }

@@ -115,7 +115,8 @@ pub async fn stop_signal() -> &'static str {
 
 /// SIGHUP re-reads the credential files (through the descriptors opened at
 /// start when the files are no longer readable by the user the daemon runs as).
-async fn reload_credentials_on_sighup(auth: Arc<crate::policy::auth::Authenticator>) {
+/// It never stops the daemon, whether or not there is anything to re-read.
+async fn reload_on_sighup(auth: Option<Arc<crate::policy::auth::Authenticator>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -125,6 +126,10 @@ async fn reload_credentials_on_sighup(auth: Arc<crate::policy::auth::Authenticat
         }
     };
     while hup.recv().await.is_some() {
+        let Some(auth) = &auth else {
+            tracing::info!("SIGHUP: no credential files to re-read (the configuration itself is read only at start)");
+            continue;
+        };
         for r in auth.reload_files() {
             match r {
                 Ok(m) => tracing::info!("SIGHUP: reloaded {m}"),
@@ -191,21 +196,20 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
             to.gid
         );
     }
-    if let Some(auth) = auth {
-        if let Some(every) = auth.garbage_interval() {
-            let a = auth.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
+    if let Some(a) = auth.clone()
+        && let Some(every) = a.garbage_interval()
+    {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
                 tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let left = a.collect_garbage();
-                    tracing::debug!("Digest nonces: {left} in use after garbage collection");
-                }
-            });
-        }
-        tokio::spawn(reload_credentials_on_sighup(auth));
+                let left = a.collect_garbage();
+                tracing::debug!("Digest nonces: {left} in use after garbage collection");
+            }
+        });
     }
+    tokio::spawn(reload_on_sighup(auth));
     for (i, l) in listeners {
         tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
     }

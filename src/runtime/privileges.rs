@@ -54,14 +54,14 @@ fn errno() -> std::io::Error {
 /// an error: the caller must not go on serving as root.
 pub fn drop_to(to: &RunAs) -> Result<(), String> {
     // SAFETY: plain libc calls without pointers, or with a valid one-element array.
-    let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+    let (uid, euid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getegid()) };
     if euid != 0 {
-        if uid == to.uid && euid == to.uid {
+        if uid == to.uid && euid == to.uid && egid == to.gid {
             return Ok(());
         }
         return Err(format!(
-            "cannot switch to user `{}` (uid {}): not running as root (uid {euid})",
-            to.user, to.uid
+            "cannot switch to user `{}` (uid {}, gid {}): not running as root (uid {euid}, gid {egid})",
+            to.user, to.uid, to.gid
         ));
     }
     let fail = |what: &str| format!("cannot switch to user `{}`: {what} failed: {}", to.user, errno());

@@ -178,17 +178,31 @@ impl DigestClient {
     }
 
     fn send(&self, alg: Algorithm, nonce: &str, nc: u32, password: &str) -> String {
+        self.send_as("GET", &self.url, &self.url, (alg, nonce, nc), password)
+    }
+
+    /// `METHOD TARGET` with the response computed over `digest_uri`.
+    fn send_as(
+        &self,
+        method: &str,
+        target: &str,
+        digest_uri: &str,
+        n: (Algorithm, &str, u32),
+        password: &str,
+    ) -> String {
+        let (alg, nonce, nc) = n;
         let nc = format!("{nc:08x}");
         let h1 = ha1(alg, "alice", "crawl", password);
-        let resp = response(alg, &h1, nonce, &nc, "c0ffee", "auth", "GET", &self.url);
+        let resp = response(alg, &h1, nonce, &nc, "c0ffee", "auth", method, digest_uri);
         let req = format!(
-            "GET {url} HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\
-             Proxy-Authorization: Digest username=\"alice\", realm=\"crawl\", nonce=\"{nonce}\", uri=\"{url}\", \
+            "{method} {target} HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\
+             Proxy-Authorization: Digest username=\"alice\", realm=\"crawl\", nonce=\"{nonce}\", uri=\"{digest_uri}\", \
              algorithm={a}, response=\"{resp}\", qop=auth, nc={nc}, cnonce=\"c0ffee\"\r\n\r\n",
-            url = self.url,
             a = alg.name()
         );
-        raw(self.port, req.as_bytes(), Duration::from_secs(5))
+        // a tunnel stays open: read what came within a moment
+        let wait = if method == "CONNECT" { 500 } else { 5000 };
+        raw(self.port, req.as_bytes(), Duration::from_millis(wait))
     }
 }
 
@@ -255,6 +269,35 @@ fn replayed_lower_overused_and_expired_nonces_are_stale() {
     assert_eq!((status(&r), stale(&r)), (407, true), "{r}");
     // the fresh nonce from the stale answer works at once
     assert_eq!(status(&c.send(Algorithm::Sha256, &nonce_of(&r), 1, "alice-pw")), 200);
+}
+
+#[test]
+fn the_digest_uri_must_name_the_request() {
+    let creds = TempDir::new();
+    let (d, b) = credentials(&creds);
+    let origin = Origin::start();
+    let p = start(&auth_config(&d, &b, AUTHED, ""));
+    let c = DigestClient {
+        port: p.port,
+        url: origin.url("/echo"),
+    };
+    let alg = Algorithm::Sha256;
+    let authority = c
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/echo")
+        .to_string();
+    // the path form is accepted for an absolute-form request
+    let r = c.send_as("GET", &c.url, "/echo", (alg, &c.challenge(), 1), "alice-pw");
+    assert_eq!(status(&r), 200, "{r}");
+    // another path is not: the response was made for another request
+    let r = c.send_as("GET", &c.url, "/other", (alg, &c.challenge(), 1), "alice-pw");
+    assert_eq!((status(&r), stale(&r)), (407, false), "{r}");
+    // CONNECT: only host:port, never an empty uri
+    let r = c.send_as("CONNECT", &authority, "", (alg, &c.challenge(), 1), "alice-pw");
+    assert_eq!((status(&r), stale(&r)), (407, false), "{r}");
+    let r = c.send_as("CONNECT", &authority, &authority, (alg, &c.challenge(), 1), "alice-pw");
+    assert_eq!(status(&r), 200, "{r}");
 }
 
 #[test]
@@ -357,6 +400,13 @@ fn auth_configuration_errors_are_named() {
     assert!(e.contains("no `[auth.basic]` or `[auth.digest]` is configured"), "{e}");
     let e = check_errors("[auth.digest]\nfile = \"relative/path\"\n");
     assert!(e.contains("must be an absolute path"), "{e}");
+    let e = check_errors("[auth.basic]\nfile = 5\n");
+    assert_eq!(
+        e.matches("error:").count(),
+        1,
+        "one error for a wrongly typed file: {e}"
+    );
+    assert!(e.contains("`auth.basic.file` must be a string"), "{e}");
     let e = check_errors("[auth.digest]\nfile = \"/nonexistent/htdigest\"\nalgorithms = [\"SHA-512\"]\n");
     assert!(e.contains("cannot open /nonexistent/htdigest"), "{e}");
     assert!(e.contains("unknown Digest algorithm `SHA-512`"), "{e}");

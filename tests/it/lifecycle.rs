@@ -249,3 +249,20 @@ fn full_log_queue_is_counted_not_waited_on() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn sighup_never_stops_the_daemon() {
+    let origin = Origin::start();
+    let p = start(&basic_config(""));
+    p.signal(libc::SIGHUP);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.stderr().contains("SIGHUP") {
+        assert!(
+            std::time::Instant::now() < end,
+            "SIGHUP not acknowledged: {}",
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(curl_status(&p.proxy(), &origin.url("/echo"), &[]).0, 200);
+}
