@@ -30,6 +30,20 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print the `ip rule` / `ip route` commands the configured uplinks and
+    /// egress addresses need; `--apply` installs them through netlink
+    /// (idempotent), `--remove` takes away exactly what `--apply` added.
+    Routes {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Install the plan on this host.
+        #[arg(long, conflicts_with = "remove")]
+        apply: bool,
+        /// Remove the entries the plan installed.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Add or replace a user in an htpasswd (Basic) or htdigest (Digest) file.
     /// The password is read from the terminal, or from the first line of
     /// standard input when that is not a terminal; never from the command line.
@@ -105,6 +119,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Routes { config, apply, remove } => match config::load_file(&config) {
+            Ok(cfg) => routes(&cfg, &config.display().to_string(), apply, remove),
+            Err(d) => {
+                eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -131,6 +152,51 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `sekisho routes`: print, apply or remove the routing plan.
+fn routes(cfg: &config::Config, source: &str, apply: bool, remove: bool) -> ExitCode {
+    use crate::egress::netlink::{Change, Netlink};
+    use crate::egress::routes;
+    let plan = routes::plan(cfg);
+    if !apply && !remove {
+        print!("{}", routes::render(&plan, source));
+        return ExitCode::SUCCESS;
+    }
+    for n in &plan.notes {
+        eprintln!("note: {n}");
+    }
+    let mut nl = match Netlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("sekisho routes: cannot open a netlink socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let items: Vec<_> = if remove {
+        plan.items().rev().collect()
+    } else {
+        plan.items().collect()
+    };
+    for it in items {
+        let (r, cmd) = if remove {
+            (nl.remove(it, plan.protocol), it.undo_command(plan.protocol))
+        } else {
+            (nl.add(it, plan.protocol), it.command(plan.protocol))
+        };
+        match r {
+            Ok(Change::Added) => println!("added:   {cmd}"),
+            Ok(Change::AlreadyPresent) => println!("present: {cmd}"),
+            Ok(Change::Removed) => println!("removed: {cmd}"),
+            Ok(Change::NotPresent) => println!("absent:  {cmd}"),
+            Err(e) => {
+                eprintln!("sekisho routes: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Reads a password: from the terminal without echo (asked twice), or the

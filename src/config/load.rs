@@ -16,6 +16,8 @@ use super::*;
 use crate::observe::format::{LogFormat, Style};
 use crate::policy::acl::{self, Acl, AclKind, DomainPattern, Rules};
 
+mod egress;
+
 type Span = Range<usize>;
 type Val<'i> = Spanned<DeValue<'i>>;
 
@@ -301,6 +303,12 @@ const TOP: &[&str] = &[
     "auth",
     "user",
     "group",
+    "source_pool",
+    "outgoing",
+    "uplink",
+    "parent",
+    "egress",
+    "pac",
 ];
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
@@ -338,6 +346,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let auth = auth(&mut cx, &mut root);
     check_auth_use(&mut cx, &acls, &listeners, admin.as_ref(), auth.is_some());
     let run_as = run_as(&mut cx, &mut root);
+    let egress = egress::egress(&mut cx, &mut root, &acls, &listeners, &visible_hostname);
     root.finish(&mut cx);
 
     if !cx.diags.is_empty() {
@@ -355,6 +364,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         access_logs,
         auth,
         run_as,
+        egress,
     })
 }
 

@@ -5,6 +5,7 @@
 //! column. Nothing in the rest of the daemon reads TOML.
 
 mod diag;
+pub mod egress;
 mod load;
 
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ pub struct Config {
     pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
     /// The user (and group) to run as after binding the listeners.
     pub run_as: Option<RunAs>,
+    /// Outgoing addresses, parents, uplinks, the PAC file.
+    pub egress: egress::Egress,
 }
 
 /// `user` / `group`: who the daemon becomes after binding its sockets.

@@ -2,10 +2,14 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpStream;
+
+use crate::config::egress::Choice;
+use crate::egress::outgoing::Egress;
 
 /// Why one connection attempt failed.
 #[derive(Debug)]
@@ -14,6 +18,9 @@ pub enum Failure {
     Refused(io::Error),
     /// Nothing answered within the connect timeout.
     Timeout,
+    /// The socket could not be set up as the outgoing rule asks (a source
+    /// address not on this host, a missing interface, no privilege for a mark).
+    Local(String),
 }
 
 /// One failed attempt.
@@ -28,6 +35,7 @@ impl fmt::Display for AttemptError {
         match &self.failure {
             Failure::Refused(e) => write!(f, "{}: {e}", self.addr),
             Failure::Timeout => write!(f, "{}: no answer (connect timeout)", self.addr),
+            Failure::Local(m) => write!(f, "{}: {m}", self.addr),
         }
     }
 }
@@ -48,6 +56,81 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, A
             failure: Failure::Timeout,
         }),
     }
+}
+
+/// Connects to `addr` with the socket settings of an outgoing rule.
+pub async fn connect_via(addr: SocketAddr, via: &Egress<'_>, timeout: Duration) -> Result<TcpStream, AttemptError> {
+    let Some(choice) = via.choice else {
+        return connect(addr, timeout).await;
+    };
+    let local = |failure: String| AttemptError {
+        addr,
+        failure: Failure::Local(failure),
+    };
+    let sock = prepare(addr, choice, via.source).map_err(local)?;
+    let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(AttemptError {
+            addr,
+            failure: Failure::Refused(e),
+        }),
+        Err(_) => Err(AttemptError {
+            addr,
+            failure: Failure::Timeout,
+        }),
+    }
+}
+
+/// A non-blocking socket with the mark, device and source address set.
+fn prepare(addr: SocketAddr, choice: &Choice, source: Option<IpAddr>) -> Result<Socket, String> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("cannot create a socket: {e}"))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| format!("cannot make the socket non-blocking: {e}"))?;
+    if let Some(m) = choice.mark {
+        sock.set_mark(m).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                " (setting a mark needs CAP_NET_ADMIN)"
+            } else {
+                ""
+            };
+            format!("cannot set firewall mark {m:#x}: {e}{hint}")
+        })?;
+    }
+    if let Some(dev) = &choice.interface {
+        sock.bind_device(Some(dev.as_bytes())).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENODEV) => " (no such interface on this host)",
+                Some(libc::EPERM) => " (binding to a device needs CAP_NET_RAW)",
+                _ => "",
+            };
+            format!("cannot bind to interface `{dev}`: {e}{hint}")
+        })?;
+    }
+    if let Some(src) = source {
+        if choice.freebind {
+            let r = if src.is_ipv4() {
+                sock.set_freebind_v4(true)
+            } else {
+                sock.set_freebind_v6(true)
+            };
+            r.map_err(|e| format!("cannot set IP_FREEBIND: {e}"))?;
+        }
+        sock.bind(&SocketAddr::new(src, 0).into()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                format!(
+                    "source address {src} is not configured on this host (add it to an interface, or set `freebind = true` on the outgoing rule)"
+                )
+            } else {
+                format!("cannot bind source address {src}: {e}")
+            }
+        })?;
+    }
+    Ok(sock)
 }
 
 /// Tries each address in order; the first that connects wins. Every failure is

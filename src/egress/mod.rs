@@ -3,4 +3,9 @@
 //! address by address within a per-attempt timeout.
 
 pub mod connect;
+pub mod netlink;
+pub mod outgoing;
+pub mod pac;
+pub mod parent;
 pub mod resolve;
+pub mod routes;

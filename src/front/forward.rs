@@ -11,19 +11,23 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 
-use crate::config::ForwardedFor;
+use crate::config::egress::ParentSelect;
+use crate::config::{Config, ForwardedFor};
 use crate::egress::connect::{self, AttemptError};
+use crate::egress::outgoing::{self, Egress, StickyKeys};
+use crate::egress::parent::{self, ParentStream};
 use crate::front::conn::{Conn, UpgradeIo};
 use crate::front::error_page;
 use crate::front::txn::{ProxyBody, Txn};
 use crate::observe::counters::Counters;
 use crate::observe::record::{Hierarchy, ResultCode};
 use crate::policy::acl::{Facts, Verdict};
-use crate::policy::auth::Outcome;
+use crate::policy::auth::{self, Outcome};
 use crate::relay::body::ReqBody;
 use crate::relay::headers::strip_hop_by_hop;
-use crate::relay::pool::{self, Sender};
+use crate::relay::pool::{self, Key, Route, Sender};
 use crate::relay::tunnel::{self, End};
 
 /// Why the proxy answers a request itself.
@@ -101,15 +105,18 @@ fn normalize_host(host: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// What the access rules decided, and what was learnt on the way.
+struct Admitted {
+    /// The verified user, when a rule asked for one.
+    user: Option<Arc<str>>,
+    /// The destination addresses the rules allow, when a rule needed them
+    /// (else resolved later, and only when the request goes direct).
+    addrs: Option<Vec<SocketAddr>>,
+}
+
 /// Checks the access rules (and the credentials, when a rule asks for a
-/// user) and resolves the destination; returns the addresses the rules
-/// allow, in the order to try them.
-async fn admit(
-    txn: &mut Txn,
-    credentials: Option<&HeaderValue>,
-    host: &str,
-    port: u16,
-) -> Result<Vec<SocketAddr>, Refusal> {
+/// user); resolves the destination when a rule tests its address.
+async fn admit(txn: &mut Txn, credentials: Option<&HeaderValue>, host: &str, port: u16) -> Result<Admitted, Refusal> {
     let conn = txn.conn.clone();
     let cfg = &conn.cfg;
     let rules = &cfg.listeners[conn.session.listener].access;
@@ -142,18 +149,23 @@ async fn admit(
             "Access to {host}:{port} is denied by this proxy's access rules."
         )));
     }
-    let ips = conn.state.resolver.resolve(host).await.map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            ResultCode::TcpMissError,
-            b"SC",
-            format!("DNS lookup failed: {e}."),
-        )
-    })?;
+    if verdict != Verdict::NeedDst {
+        return Ok(Admitted { user, addrs: None });
+    }
+    let ips = resolve(txn, host).await?;
     let mut allowed = Vec::with_capacity(ips.len());
     for ip in ips {
-        if verdict == Verdict::NeedDst {
-            let mut v = rules.check(
+        let mut v = rules.check(
+            &cfg.acls,
+            &Facts {
+                dst: Some(ip),
+                user: user.as_deref(),
+                ..base
+            },
+        );
+        if v == Verdict::NeedAuth && user.is_none() {
+            user = Some(login(txn, credentials).await?);
+            v = rules.check(
                 &cfg.acls,
                 &Facts {
                     dst: Some(ip),
@@ -161,29 +173,157 @@ async fn admit(
                     ..base
                 },
             );
-            if v == Verdict::NeedAuth && user.is_none() {
-                user = Some(login(txn, credentials).await?);
-                v = rules.check(
-                    &cfg.acls,
-                    &Facts {
-                        dst: Some(ip),
-                        user: user.as_deref(),
-                        ..base
-                    },
-                );
-            }
-            if !v.is_allow() {
-                continue;
-            }
         }
-        allowed.push(SocketAddr::new(ip, port));
+        if v.is_allow() {
+            allowed.push(SocketAddr::new(ip, port));
+        }
     }
     if allowed.is_empty() {
         return Err(denied(format!(
             "Access to {host}:{port} is denied by this proxy's access rules (destination address)."
         )));
     }
-    Ok(allowed)
+    Ok(Admitted {
+        user,
+        addrs: Some(allowed),
+    })
+}
+
+async fn resolve(txn: &Txn, host: &str) -> Result<Vec<std::net::IpAddr>, Refusal> {
+    txn.conn.state.resolver.resolve(host).await.map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            ResultCode::TcpMissError,
+            b"SC",
+            format!("DNS lookup failed: {e}."),
+        )
+    })
+}
+
+/// Where a request goes: straight to the origin, or through the parents
+/// (and straight when none of them can be reached, unless `never_direct`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Parents { then_direct: bool },
+}
+
+/// Everything the egress choices look at, gathered once per request.
+struct Ctx<'a> {
+    cfg: Arc<Config>,
+    host: &'a str,
+    port: u16,
+    method: Method,
+    client: std::net::IpAddr,
+    user: Option<Arc<str>>,
+    /// The name from `Proxy-Authorization` (verified or not), split into
+    /// the user part and a session key.
+    presented: Option<String>,
+}
+
+impl Ctx<'_> {
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            src: self.client,
+            method: &self.method,
+            host: self.host,
+            port: self.port,
+            dst: None,
+            user: self.user.as_deref(),
+        }
+    }
+
+    fn keys(&self) -> StickyKeys<'_> {
+        let (name, session) = match self.presented.as_deref() {
+            Some(n) => {
+                let (u, s) = outgoing::split_session(n);
+                (Some(u), s)
+            }
+            None => (None, None),
+        };
+        StickyKeys {
+            user: self.user.as_deref().or(name),
+            session,
+            host: self.host,
+            client: self.client,
+        }
+    }
+
+    fn path(&self) -> Path {
+        let e = &self.cfg.egress;
+        if e.parents.is_empty() {
+            return Path::Direct;
+        }
+        let facts = self.facts();
+        let matched =
+            |rules: &crate::policy::acl::Rules| matches!(rules.check(&self.cfg.acls, &facts), Verdict::Allow(Some(_)));
+        if matched(&e.always_direct) {
+            return Path::Direct;
+        }
+        Path::Parents {
+            then_direct: !matched(&e.never_direct),
+        }
+    }
+
+    fn hierarchy(&self) -> Hierarchy {
+        match self.cfg.egress.parent_select {
+            ParentSelect::FirstUp => Hierarchy::FirstUpParent,
+            ParentSelect::RoundRobin => Hierarchy::RoundRobinParent,
+            ParentSelect::Hash => Hierarchy::Carp,
+        }
+    }
+}
+
+/// One destination address with the egress settings chosen for it.
+struct Target<'c> {
+    addr: SocketAddr,
+    via: Result<Egress<'c>, outgoing::NoSource>,
+}
+
+impl Target<'_> {
+    fn key(&self) -> Option<Key> {
+        let via = self.via.as_ref().ok()?;
+        Some(Key {
+            dst: self.addr,
+            src: via.source,
+            route: via.rule.map_or(Route::Direct, Route::Outgoing),
+        })
+    }
+}
+
+/// The destination addresses (resolved now when the access rules did not
+/// need them), ordered by the outgoing rule's family, each with its egress.
+async fn direct_targets<'c>(
+    txn: &Txn,
+    ctx: &'c Ctx<'_>,
+    addrs: Option<Vec<SocketAddr>>,
+) -> Result<Vec<Target<'c>>, Refusal> {
+    let mut addrs = match addrs {
+        Some(a) => a,
+        None => resolve(txn, ctx.host)
+            .await?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, ctx.port))
+            .collect(),
+    };
+    let facts = ctx.facts();
+    let keys = ctx.keys();
+    outgoing::arrange(&ctx.cfg, &facts, &mut addrs);
+    if addrs.is_empty() {
+        return Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            ResultCode::TcpMissError,
+            b"SC",
+            format!("{} has no address of the family the outgoing rule asks for.", ctx.host),
+        ));
+    }
+    Ok(addrs
+        .into_iter()
+        .map(|addr| Target {
+            addr,
+            via: outgoing::choose(&ctx.cfg, &facts, &keys, addr.ip()),
+        })
+        .collect())
 }
 
 /// Checks the request's credentials: the user, or a 407 to send.
@@ -228,42 +368,298 @@ fn unreachable(host: &str, port: u16, errors: &[AttemptError]) -> Refusal {
 /// Opens a new upstream connection, trying each address in turn.
 async fn connect_new(
     txn: &mut Txn,
-    addrs: &[SocketAddr],
+    targets: &[Target<'_>],
     host: &str,
     port: u16,
-) -> Result<(SocketAddr, tokio::net::TcpStream), Refusal> {
+) -> Result<(Key, tokio::net::TcpStream), Refusal> {
     let t0 = Instant::now();
     let timeout = txn.conn.cfg.timeouts.connect;
-    match connect::connect_any(addrs, timeout).await {
-        Ok((stream, addr, _failed)) => {
-            Counters::inc(&txn.conn.state.counters.upstream_connects);
-            txn.rec.timers.connect = Some(t0.elapsed());
-            txn.rec.upstream = Some(addr);
-            Ok((addr, stream))
-        }
-        Err(errors) => {
-            txn.rec.timers.connect = Some(t0.elapsed());
-            Err(unreachable(host, port, &errors))
+    let mut errors = Vec::new();
+    for t in targets {
+        let via = match &t.via {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(AttemptError {
+                    addr: t.addr,
+                    failure: connect::Failure::Local(e.to_string()),
+                });
+                continue;
+            }
+        };
+        match connect::connect_via(t.addr, via, timeout).await {
+            Ok(stream) => {
+                Counters::inc(&txn.conn.state.counters.upstream_connects);
+                txn.rec.timers.connect = Some(t0.elapsed());
+                txn.rec.upstream = Some(t.addr);
+                txn.rec.upstream_local = stream.local_addr().ok();
+                let key = t.key().expect("a target with an egress");
+                return Ok((key, stream));
+            }
+            Err(e) => {
+                if let connect::Failure::Local(m) = &e.failure {
+                    tracing::warn!("outgoing connection to {} not possible: {m}", t.addr);
+                } else {
+                    tracing::debug!("connect failed, trying the next address: {e}");
+                }
+                errors.push(e);
+            }
         }
     }
+    txn.rec.timers.connect = Some(t0.elapsed());
+    Err(unreachable(host, port, &errors))
 }
 
-async fn new_sender(
-    txn: &mut Txn,
-    addrs: &[SocketAddr],
-    host: &str,
-    port: u16,
-) -> Result<(SocketAddr, Sender), Refusal> {
-    let (addr, stream) = connect_new(txn, addrs, host, port).await?;
+async fn new_sender(txn: &mut Txn, targets: &[Target<'_>], host: &str, port: u16) -> Result<(Key, Sender), Refusal> {
+    let (key, stream) = connect_new(txn, targets, host, port).await?;
     let tx = pool::handshake(stream).await.map_err(|e| {
         Refusal::new(
             StatusCode::BAD_GATEWAY,
             ResultCode::TcpMissError,
             b"SC",
-            format!("Cannot talk to {addr}: {e}."),
+            format!("Cannot talk to {}: {e}.", key.dst),
         )
     })?;
-    Ok((addr, tx))
+    Ok((key, tx))
+}
+
+/// A response on its way back, with the connection it came on.
+struct Sent {
+    resp: Response<Incoming>,
+    key: Key,
+    tx: Sender,
+}
+
+/// Why sending through the parents did not work out.
+enum ParentsFailed {
+    /// No parent could be used and nothing was sent: the request (if there
+    /// is one to send) comes back.
+    Untried(Option<Box<Request<ReqBody>>>, String),
+    /// An answer for the client.
+    Refused(Refusal),
+}
+
+/// Sends an absolute-form request through the parents in order. A parent
+/// that cannot be reached is marked down and the next one is tried; the
+/// request is retried only when it was never sent.
+async fn send_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, mut out: Request<ReqBody>) -> Result<Sent, ParentsFailed> {
+    let cfg = &ctx.cfg;
+    let state = txn.conn.state.clone();
+    let response_timeout = cfg.timeouts.server_response;
+    let facts = ctx.facts();
+    let keys = ctx.keys();
+    let mut errors = Vec::new();
+    for idx in parent::order(cfg, ctx.host) {
+        let p = &cfg.egress.parents[idx];
+        let key = Key {
+            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            src: None,
+            route: Route::Parent(idx),
+        };
+        match &p.authorization {
+            Some(a) => {
+                out.headers_mut().insert(header::PROXY_AUTHORIZATION, a.clone());
+            }
+            None => {
+                out.headers_mut().remove(header::PROXY_AUTHORIZATION);
+            }
+        }
+        let mut pooled = state.pool.checkout(key);
+        loop {
+            let t0 = Instant::now();
+            let (mut tx, reused) = match pooled.take() {
+                Some(tx) => {
+                    Counters::inc(&state.counters.upstream_reused);
+                    txn.rec.timers.connect = Some(Duration::ZERO);
+                    (tx, true)
+                }
+                None => match parent::connect(&state, cfg, p, &facts, &keys).await {
+                    Ok((stream, addr)) => {
+                        txn.rec.timers.connect = Some(t0.elapsed());
+                        txn.rec.upstream = Some(addr);
+                        txn.rec.upstream_local = stream.local_addr();
+                        match pool::handshake(stream).await {
+                            Ok(tx) => {
+                                Counters::inc(&state.counters.upstream_connects);
+                                (tx, false)
+                            }
+                            Err(e) => {
+                                parent_failed(cfg, p, &format!("HTTP handshake failed: {e}"));
+                                errors.push(format!("{}: {e}", p.name));
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        parent_failed(cfg, p, &e);
+                        errors.push(format!("{}: {e}", p.name));
+                        break;
+                    }
+                },
+            };
+            txn.rec.parent = Some(p.name.clone());
+            txn.rec.hierarchy = ctx.hierarchy();
+            let t1 = Instant::now();
+            match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
+                Ok(Ok(resp)) => {
+                    txn.rec.timers.response = Some(t1.elapsed());
+                    p.mark_up();
+                    return Ok(Sent { resp, key, tx });
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // never sent: a pooled connection closed meanwhile goes
+                    // again on a new one; a new one that failed means the parent
+                    Some(m) => {
+                        out = m;
+                        if reused {
+                            continue;
+                        }
+                        parent_failed(cfg, p, &format!("closed the connection: {}", e.error()));
+                        errors.push(format!("{}: {}", p.name, e.error()));
+                        break;
+                    }
+                    None => {
+                        parent_failed(cfg, p, &format!("failed mid-request: {}", e.error()));
+                        return Err(ParentsFailed::Refused(Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            ResultCode::TcpMissError,
+                            b"SH",
+                            format!(
+                                "The parent proxy {} closed the connection or sent an invalid response ({}).",
+                                p.name,
+                                e.error()
+                            ),
+                        )));
+                    }
+                },
+                Err(_) => {
+                    return Err(ParentsFailed::Refused(Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ResultCode::TcpMissError,
+                        b"sH",
+                        format!(
+                            "The parent proxy {} did not answer within {} s.",
+                            p.name,
+                            response_timeout.as_secs_f64()
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+    out.headers_mut().remove(header::PROXY_AUTHORIZATION);
+    Err(ParentsFailed::Untried(Some(Box::new(out)), errors.join("; ")))
+}
+
+/// Marks a parent down for `parent_retry_after`, logging the change once.
+fn parent_failed(cfg: &Config, p: &crate::config::egress::Parent, why: &str) {
+    let retry = cfg.egress.parent_retry_after;
+    if p.mark_down(retry) {
+        tracing::warn!(
+            parent = %p.name,
+            "parent proxy is down ({why}); skipped for {} s",
+            retry.as_secs_f64()
+        );
+    } else {
+        tracing::debug!(parent = %p.name, "parent proxy failed again: {why}");
+    }
+}
+
+/// No parent could be used and going direct is not allowed.
+fn no_parent(detail: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::BAD_GATEWAY,
+        ResultCode::TcpMissError,
+        b"SC",
+        format!("No parent proxy could be reached ({detail})."),
+    )
+}
+
+/// Sends an origin-form request straight to the origin: over a pooled
+/// connection to an allowed address when there is one, else a new one.
+async fn send_direct(
+    txn: &mut Txn,
+    ctx: &Ctx<'_>,
+    addrs: Option<Vec<SocketAddr>>,
+    mut out: Request<ReqBody>,
+) -> Result<Sent, Refusal> {
+    txn.rec.hierarchy = Hierarchy::Direct;
+    txn.rec.parent = None;
+    let targets = direct_targets(txn, ctx, addrs).await?;
+    let mut reused = None;
+    for t in &targets {
+        if let Some(key) = t.key()
+            && let Some(tx) = txn.conn.state.pool.checkout(key)
+        {
+            reused = Some((key, tx));
+            break;
+        }
+    }
+    let (mut key, mut tx, mut is_reused) = match reused {
+        Some((key, tx)) => {
+            Counters::inc(&txn.conn.state.counters.upstream_reused);
+            txn.rec.timers.connect = Some(Duration::ZERO);
+            txn.rec.upstream = Some(key.dst);
+            txn.rec.upstream_local = None;
+            (key, tx, true)
+        }
+        None => {
+            let (k, tx) = new_sender(txn, &targets, ctx.host, ctx.port).await?;
+            (k, tx, false)
+        }
+    };
+    let response_timeout = txn.conn.cfg.timeouts.server_response;
+    let t0 = Instant::now();
+    loop {
+        match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
+            Ok(Ok(resp)) => {
+                txn.rec.timers.response = Some(t0.elapsed());
+                return Ok(Sent { resp, key, tx });
+            }
+            Ok(Err(mut e)) => {
+                // a pooled connection the origin closed meanwhile: the request was
+                // not sent, so it goes again on a fresh connection
+                if is_reused && let Some(m) = e.take_message() {
+                    out = m;
+                    (key, tx) = new_sender(txn, &targets, ctx.host, ctx.port).await?;
+                    is_reused = false;
+                    continue;
+                }
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    ResultCode::TcpMissError,
+                    b"SH",
+                    format!(
+                        "The origin {} closed the connection or sent an invalid response ({}).",
+                        key.dst,
+                        e.error()
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResultCode::TcpMissError,
+                    b"sH",
+                    format!(
+                        "The origin {} did not answer within {} s.",
+                        key.dst,
+                        response_timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The request target in origin form (`/path?query`).
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -300,79 +696,41 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
             return refuse(txn, r);
         }
     };
-    let addrs = match admit(&mut txn, req.headers().get(header::PROXY_AUTHORIZATION), &host, port).await {
+    let credentials = req.headers().get(header::PROXY_AUTHORIZATION);
+    let presented = credentials.and_then(|c| auth::presented_name(Some(c)));
+    let admitted = match admit(&mut txn, credentials, &host, port).await {
         Ok(a) => a,
         Err(r) => return refuse(txn, r),
     };
-    txn.rec.hierarchy = Hierarchy::Direct;
-
-    let (mut out, counter) = outgoing_request(&txn, req, &authority);
+    let ctx = Ctx {
+        cfg: txn.conn.cfg.clone(),
+        host: &host,
+        port,
+        method: txn.rec.method.clone(),
+        client: txn.conn.session.client.ip(),
+        user: admitted.user,
+        presented,
+    };
+    let path = ctx.path();
+    let (out, counter) = outgoing_request(&txn, req, &authority, path != Path::Direct);
     txn.req_body = counter;
-
-    // a pooled connection to an allowed address first, else a new one
-    let mut reused = None;
-    for &a in &addrs {
-        if let Some(tx) = txn.conn.state.pool.checkout(a) {
-            reused = Some((a, tx));
-            break;
-        }
-    }
-    let (mut addr, mut tx, mut is_reused) = match reused {
-        Some((a, tx)) => {
-            Counters::inc(&txn.conn.state.counters.upstream_reused);
-            txn.rec.timers.connect = Some(Duration::ZERO);
-            txn.rec.upstream = Some(a);
-            (a, tx, true)
-        }
-        None => match new_sender(&mut txn, &addrs, &host, port).await {
-            Ok((a, tx)) => (a, tx, false),
-            Err(r) => return refuse(txn, r),
+    let sent = match path {
+        Path::Direct => send_direct(&mut txn, &ctx, admitted.addrs, out).await,
+        Path::Parents { then_direct } => match send_via_parents(&mut txn, &ctx, out).await {
+            Ok(s) => Ok(s),
+            Err(ParentsFailed::Refused(r)) => Err(r),
+            Err(ParentsFailed::Untried(Some(mut out), why)) if then_direct => {
+                tracing::debug!("no parent reachable ({why}); going direct");
+                *out.uri_mut() = origin_form(out.uri());
+                send_direct(&mut txn, &ctx, admitted.addrs, *out).await
+            }
+            Err(ParentsFailed::Untried(_, why)) => Err(no_parent(&why)),
         },
     };
-
-    let response_timeout = txn.conn.cfg.timeouts.server_response;
-    let t0 = Instant::now();
-    let resp = loop {
-        match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
-            Ok(Ok(resp)) => break resp,
-            Ok(Err(mut e)) => {
-                // a pooled connection the origin closed meanwhile: the request was
-                // not sent, so it goes again on a fresh connection
-                if is_reused && let Some(m) = e.take_message() {
-                    out = m;
-                    match new_sender(&mut txn, &addrs, &host, port).await {
-                        Ok((a, t)) => (addr, tx, is_reused) = (a, t, false),
-                        Err(r) => return refuse(txn, r),
-                    }
-                    continue;
-                }
-                let r = Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    ResultCode::TcpMissError,
-                    b"SH",
-                    format!(
-                        "The origin {addr} closed the connection or sent an invalid response ({}).",
-                        e.error()
-                    ),
-                );
-                return refuse(txn, r);
-            }
-            Err(_) => {
-                let r = Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResultCode::TcpMissError,
-                    b"sH",
-                    format!(
-                        "The origin {addr} did not answer within {} s.",
-                        response_timeout.as_secs_f64()
-                    ),
-                );
-                return refuse(txn, r);
-            }
-        }
+    let Sent { resp, key, tx } = match sent {
+        Ok(s) => s,
+        Err(r) => return refuse(txn, r),
     };
-    txn.rec.timers.response = Some(t0.elapsed());
-
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = &txn.conn.cfg.http.via_value {
@@ -388,28 +746,24 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
         ProxyBody::Upstream {
             inner: body,
             txn: Some(txn),
-            upstream: Some((addr, tx)),
+            upstream: Some((key, tx)),
         },
     )
 }
 
-/// The request as it goes to the origin: origin-form target, Host from the
-/// URL, hop-by-hop headers removed, Via and X-Forwarded-For as configured.
+/// The request as it goes to the origin (origin-form target) or to a parent
+/// (absolute form): Host from the URL, hop-by-hop headers removed, Via and X-Forwarded-For as configured.
 fn outgoing_request(
     txn: &Txn,
     req: Request<Incoming>,
     authority: &Authority,
+    absolute: bool,
 ) -> (Request<ReqBody>, Option<Arc<AtomicU64>>) {
     let cfg = &txn.conn.cfg;
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(pq);
-    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    if !absolute {
+        parts.uri = origin_form(&parts.uri);
+    }
     let client_version = parts.version;
     parts.version = Version::HTTP_11;
 
@@ -501,12 +855,38 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
         );
         return refuse(txn, r);
     };
-    let addrs = match admit(&mut txn, req.headers().get(header::PROXY_AUTHORIZATION), &host, port).await {
+    let credentials = req.headers().get(header::PROXY_AUTHORIZATION);
+    let presented = credentials.and_then(|c| auth::presented_name(Some(c)));
+    let admitted = match admit(&mut txn, credentials, &host, port).await {
         Ok(a) => a,
         Err(r) => return refuse(txn, r),
     };
-    txn.rec.hierarchy = Hierarchy::Direct;
-    let (_, server) = match connect_new(&mut txn, &addrs, &host, port).await {
+    let ctx = Ctx {
+        cfg: txn.conn.cfg.clone(),
+        host: &host,
+        port,
+        method: Method::CONNECT,
+        client: txn.conn.session.client.ip(),
+        user: admitted.user,
+        presented,
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_string());
+    let server = match ctx.path() {
+        Path::Direct => connect_direct(&mut txn, &ctx, admitted.addrs).await,
+        Path::Parents { then_direct } => match tunnel_via_parents(&mut txn, &ctx, &authority).await {
+            Ok(s) => Ok(s),
+            Err(ParentsFailed::Refused(r)) => Err(r),
+            Err(ParentsFailed::Untried(_, why)) if then_direct => {
+                tracing::debug!("no parent reachable ({why}); going direct");
+                connect_direct(&mut txn, &ctx, admitted.addrs).await
+            }
+            Err(ParentsFailed::Untried(_, why)) => Err(no_parent(&why)),
+        },
+    };
+    let server = match server {
         Ok(s) => s,
         Err(r) => return refuse(txn, r),
     };
@@ -533,7 +913,25 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
                     } else {
                         std::borrow::Cow::Owned([&parts.read_buf[..], &prefix].concat())
                     };
-                    let outcome = tunnel::relay(io.stream, server, &early, idle, method).await;
+                    let outcome = match server {
+                        TunnelEnd::Direct(tcp) => tunnel::relay(io.stream, tcp, &early, idle, method).await,
+                        TunnelEnd::Parent(stream, from_parent) => {
+                            let mut client = io.stream;
+                            // bytes the parent sent past its answer are the origin's
+                            if !from_parent.is_empty() {
+                                if client.write_all(&from_parent).await.is_err() {
+                                    txn.rec.termination = *b"CD";
+                                    drop(txn);
+                                    return;
+                                }
+                                txn.rec.bytes_to_client += from_parent.len() as u64;
+                            }
+                            match stream {
+                                ParentStream::Plain(tcp) => tunnel::relay(client, tcp, &early, idle, method).await,
+                                tls => tunnel::relay_io(client, tls, &early, idle).await,
+                            }
+                        }
+                    };
                     txn.rec.bytes_from_client += outcome.up;
                     txn.rec.bytes_to_client += outcome.down;
                     txn.rec.termination = match outcome.end {
@@ -556,4 +954,82 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
         drop(txn);
     });
     Response::new(ProxyBody::empty())
+}
+
+/// The server side of a tunnel.
+enum TunnelEnd {
+    /// Straight to the origin.
+    Direct(tokio::net::TcpStream),
+    /// Through a parent that accepted the CONNECT, with the bytes it sent past its answer.
+    Parent(ParentStream, Vec<u8>),
+}
+
+async fn connect_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: Option<Vec<SocketAddr>>) -> Result<TunnelEnd, Refusal> {
+    txn.rec.hierarchy = Hierarchy::Direct;
+    txn.rec.parent = None;
+    let targets = direct_targets(txn, ctx, addrs).await?;
+    let (_, stream) = connect_new(txn, &targets, ctx.host, ctx.port).await?;
+    Ok(TunnelEnd::Direct(stream))
+}
+
+/// Opens the tunnel through the first parent that accepts it; a parent that
+/// cannot be reached, or fails before answering, is marked down.
+async fn tunnel_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, authority: &str) -> Result<TunnelEnd, ParentsFailed> {
+    let cfg = &ctx.cfg;
+    let state = txn.conn.state.clone();
+    let facts = ctx.facts();
+    let keys = ctx.keys();
+    let mut errors = Vec::new();
+    for idx in parent::order(cfg, ctx.host) {
+        let p = &cfg.egress.parents[idx];
+        let t0 = Instant::now();
+        let (mut stream, addr) = match parent::connect(&state, cfg, p, &facts, &keys).await {
+            Ok(s) => s,
+            Err(e) => {
+                parent_failed(cfg, p, &e);
+                errors.push(format!("{}: {e}", p.name));
+                continue;
+            }
+        };
+        Counters::inc(&state.counters.upstream_connects);
+        txn.rec.timers.connect = Some(t0.elapsed());
+        txn.rec.upstream = Some(addr);
+        txn.rec.upstream_local = stream.local_addr();
+        txn.rec.parent = Some(p.name.clone());
+        txn.rec.hierarchy = ctx.hierarchy();
+        let t1 = Instant::now();
+        match parent::open_tunnel(
+            &mut stream,
+            authority,
+            p.authorization.as_ref(),
+            cfg.timeouts.server_response,
+        )
+        .await
+        {
+            Ok(rest) => {
+                txn.rec.timers.response = Some(t1.elapsed());
+                p.mark_up();
+                return Ok(TunnelEnd::Parent(stream, rest));
+            }
+            Err(parent::TunnelError::Parent(e)) => {
+                parent_failed(cfg, p, &e);
+                errors.push(format!("{}: {e}", p.name));
+            }
+            Err(parent::TunnelError::Answer { status, reason }) => {
+                txn.rec.timers.response = Some(t1.elapsed());
+                // the parent's own login failing is this proxy's problem, not the client's
+                let code = match status {
+                    407 => StatusCode::BAD_GATEWAY,
+                    s => StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+                };
+                return Err(ParentsFailed::Refused(Refusal::new(
+                    code,
+                    ResultCode::TcpMissError,
+                    b"SH",
+                    format!("The parent proxy {} refused the tunnel: {status} {reason}.", p.name),
+                )));
+            }
+        }
+    }
+    Err(ParentsFailed::Untried(None, errors.join("; ")))
 }

@@ -2,7 +2,6 @@
 //! transaction's log record is written exactly once, when it is dropped:
 //! after the last byte of the response, or when the client goes away.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -85,7 +84,7 @@ pub enum ProxyBody {
     Upstream {
         inner: Incoming,
         txn: Option<Txn>,
-        upstream: Option<(SocketAddr, Sender)>,
+        upstream: Option<(crate::relay::pool::Key, Sender)>,
     },
 }
 
@@ -161,7 +160,7 @@ impl Body for ProxyBody {
 }
 
 /// The response is complete: the upstream connection is reusable.
-fn finish(txn: &mut Option<Txn>, upstream: &mut Option<(SocketAddr, Sender)>) {
+fn finish(txn: &mut Option<Txn>, upstream: &mut Option<(crate::relay::pool::Key, Sender)>) {
     if let (Some((addr, tx)), Some(t)) = (upstream.take(), txn.as_ref()) {
         t.conn.state.pool.checkin(addr, tx);
     }

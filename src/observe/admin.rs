@@ -70,7 +70,10 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
         dst: None,
         user: None,
     };
-    if !admin.access.check(&cfg.acls, &facts).is_allow() {
+    let path = req.uri().path();
+    let pac = matches!(path, "/proxy.pac" | "/wpad.dat");
+    let rules = if pac { &cfg.egress.pac.access } else { &admin.access };
+    if !rules.check(&cfg.acls, &facts).is_allow() {
         return text(
             StatusCode::FORBIDDEN,
             "text/plain",
@@ -80,7 +83,12 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
     }
-    match req.uri().path() {
+    match path {
+        "/proxy.pac" | "/wpad.dat" => text(
+            StatusCode::OK,
+            crate::egress::pac::CONTENT_TYPE,
+            crate::egress::pac::render(&cfg.egress.pac),
+        ),
         "/healthz" => {
             if state.is_shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".into())
@@ -99,13 +107,28 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
                     a.nonces_tracked()
                 ));
             }
+            if !cfg.egress.parents.is_empty() {
+                body.pop();
+                body.push_str(",\"parents\":[");
+                for (i, p) in cfg.egress.parents.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&format!(
+                        "{{\"name\":\"{}\",\"state\":\"{}\"}}",
+                        p.name.escape_default(),
+                        if p.is_down() { "down" } else { "up" }
+                    ));
+                }
+                body.push_str("]}");
+            }
             body.push('\n');
             text(StatusCode::OK, "application/json", body)
         }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz or /stats.json\n".into(),
+            "not found; try /healthz, /stats.json or /proxy.pac\n".into(),
         ),
     }
 }

@@ -202,6 +202,11 @@ enum Code {
     LocalPort,
     UpstreamIp,
     UpstreamPort,
+    /// Source address and port of the upstream connection.
+    UpstreamLocalIp,
+    UpstreamLocalPort,
+    /// The parent's name, else the upstream address (Squid `%<A`).
+    UpstreamName,
     /// HAProxy `%s`: `ip:port` of the upstream, `<NOSRV>` when none.
     Server,
     Result,
@@ -250,6 +255,7 @@ impl Code {
                 | Code::PeerPort
                 | Code::LocalPort
                 | Code::UpstreamPort
+                | Code::UpstreamLocalPort
                 | Code::Status
                 | Code::StatusHap
                 | Code::BytesToClient
@@ -309,6 +315,21 @@ impl Code {
                     push_u64(out, u64::from(up.port()));
                 }
             }
+            Code::UpstreamLocalIp => {
+                if let Some(a) = rec.upstream_local {
+                    push_ip(out, a.ip());
+                }
+            }
+            Code::UpstreamLocalPort => {
+                if let Some(a) = rec.upstream_local {
+                    push_u64(out, u64::from(a.port()));
+                }
+            }
+            Code::UpstreamName => match (&rec.parent, rec.upstream) {
+                (Some(p), _) => out.extend_from_slice(p.as_bytes()),
+                (None, Some(up)) => push_ip(out, up.ip()),
+                (None, None) => {}
+            },
             Code::Server => match rec.upstream {
                 Some(up) => push_sockaddr(out, up.ip(), up.port()),
                 None => out.extend_from_slice(b"<NOSRV>"),
@@ -860,8 +881,8 @@ impl SquidField {
 
 /// Squid codes, matched longest first.
 const SQUID_CODES: &[&str] = &[
-    ">Hs", "<st", ">st", ">la", ">lp", ">pa", ">pp", "pt", "ts", "tu", "tl", "tg", "tr", ">a", ">p", "la", "lp", "<a",
-    "<p", "Ss", "Sh", "st", "rm", "ru", "rp", "rv", "un", "ul", "mt", "ft",
+    ">Hs", "<st", ">st", ">la", ">lp", ">pa", ">pp", "<la", "<lp", "<A", "pt", "ts", "tu", "tl", "tg", "tr", ">a",
+    ">p", "la", "lp", "<a", "<p", "Ss", "Sh", "st", "rm", "ru", "rp", "rv", "un", "ul", "mt", "ft",
 ];
 
 fn squid_code(name: &str) -> Code {
@@ -877,6 +898,9 @@ fn squid_code(name: &str) -> Code {
         "lp" | ">lp" => Code::LocalPort,
         "<a" => Code::UpstreamIp,
         "<p" => Code::UpstreamPort,
+        "<la" => Code::UpstreamLocalIp,
+        "<lp" => Code::UpstreamLocalPort,
+        "<A" => Code::UpstreamName,
         "Ss" => Code::Result,
         "Sh" => Code::Hierarchy,
         ">Hs" => Code::Status,
@@ -1136,6 +1160,8 @@ fn haproxy_code(name: &str) -> Result<Code, String> {
         "fp" => Code::LocalPort,
         "si" => Code::UpstreamIp,
         "sp" => Code::UpstreamPort,
+        "bi" => Code::UpstreamLocalIp,
+        "bp" => Code::UpstreamLocalPort,
         "ft" => Code::Listener,
         "b" => Code::Absent,
         "s" => Code::Server,
@@ -1358,6 +1384,20 @@ fn render_json(date: &DateFmt, rec: &Record, out: &mut Vec<u8>) {
             push_sockaddr(out, up.ip(), up.port());
             out.push(b'"');
         }
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "source");
+    match rec.upstream_local {
+        Some(a) => {
+            out.push(b'"');
+            push_ip(out, a.ip());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "parent");
+    match &rec.parent {
+        Some(p) => json_bytes(out, p.as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
     json_key(out, false, "content_type");
@@ -1809,7 +1849,24 @@ mod tests {
         assert_eq!(v["content_type"], "text/html");
         assert_eq!(v["termination"], "--");
         assert_eq!(v["timers"], serde_json::json!({"TR": 1, "Tw": 0, "Tc": 5, "Tr": 30}));
-        assert_eq!(v.as_object().unwrap().len(), 21);
+        assert_eq!(v["source"], serde_json::Value::Null);
+        assert_eq!(v["parent"], serde_json::Value::Null);
+        assert_eq!(v.as_object().unwrap().len(), 23);
+    }
+
+    #[test]
+    fn egress_codes() {
+        let mut r = full();
+        assert_eq!(sq("%<la|%<lp|%<A", &r), "-|-|93.184.216.34");
+        assert_eq!(hap("%bi|%bp", &r), "-|-");
+        r.upstream_local = Some("10.1.0.3:40000".parse().unwrap());
+        r.parent = Some("p2".into());
+        r.hierarchy = Hierarchy::FirstUpParent;
+        assert_eq!(sq("%<la %<lp %Sh/%<A", &r), "10.1.0.3 40000 FIRSTUP_PARENT/p2");
+        assert_eq!(hap("%bi:%bp", &r), "10.1.0.3:40000");
+        let v = json(&r);
+        assert_eq!(v["source"], "10.1.0.3");
+        assert_eq!(v["parent"], "p2");
     }
 
     #[test]
@@ -1947,8 +2004,8 @@ mod tests {
         }
         formats.push(LogFormat::parse("%tl %tg", Style::Squid).unwrap());
         let hap_codes = [
-            "ci", "cp", "pi", "pp", "fi", "fp", "si", "sp", "ft", "b", "s", "t", "tr", "Ts", "ms", "TR", "Tw", "Tc",
-            "Tr", "Ta", "Tt", "ST", "B", "U", "HM", "HU", "HP", "HQ", "HV", "r", "ts", "tsc", "u", "pid",
+            "ci", "cp", "pi", "pp", "fi", "fp", "si", "sp", "bi", "bp", "ft", "b", "s", "t", "tr", "Ts", "ms", "TR",
+            "Tw", "Tc", "Tr", "Ta", "Tt", "ST", "B", "U", "HM", "HU", "HP", "HQ", "HV", "r", "ts", "tsc", "u", "pid",
         ];
         for code in hap_codes {
             for m in ["", "{+Q}", "{+E}", "{+X}", "{+Q,+E,+X}"] {

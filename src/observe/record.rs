@@ -44,6 +44,12 @@ impl ResultCode {
 pub enum Hierarchy {
     /// Straight to the origin.
     Direct,
+    /// Through the first parent that is up (`parent_select = "first-up"`).
+    FirstUpParent,
+    /// Through a parent chosen in turn.
+    RoundRobinParent,
+    /// Through the parent a hash of the destination host chose.
+    Carp,
     /// Nowhere (denied, error before choosing).
     None,
 }
@@ -52,6 +58,9 @@ impl Hierarchy {
     pub fn as_str(self) -> &'static str {
         match self {
             Hierarchy::Direct => "HIER_DIRECT",
+            Hierarchy::FirstUpParent => "FIRSTUP_PARENT",
+            Hierarchy::RoundRobinParent => "ROUNDROBIN_PARENT",
+            Hierarchy::Carp => "CARP",
             Hierarchy::None => "HIER_NONE",
         }
     }
@@ -105,6 +114,10 @@ pub struct Record {
     pub user: Option<Arc<str>>,
     /// The upstream address actually connected to (`%<a`/`%<p`, `%si`/`%sp`).
     pub upstream: Option<SocketAddr>,
+    /// The local (source) address of the upstream connection (`%<la`/`%<lp`, `%bi`/`%bp`).
+    pub upstream_local: Option<SocketAddr>,
+    /// The parent proxy the request went through (`%<A`; the upstream address when direct).
+    pub parent: Option<Arc<str>>,
     /// The response's Content-Type (`%mt`).
     pub content_type: Option<HeaderValue>,
     /// HAProxy termination state (`%ts`, two characters: who ended it, in which phase).
@@ -136,6 +149,8 @@ impl Record {
             version: Version::HTTP_11,
             user: None,
             upstream: None,
+            upstream_local: None,
+            parent: None,
             content_type: None,
             termination: *b"--",
             relayed: None,

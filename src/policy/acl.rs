@@ -150,6 +150,18 @@ impl Acl {
     }
 }
 
+/// Whether every term holds for facts that are fully known now; a term whose
+/// answer depends on something not known (the destination address, the user)
+/// does not hold. For rule lists that choose rather than guard
+/// (`[[outgoing]]`, `always_direct`).
+pub fn all_hold(acls: &[Acl], terms: &[(usize, bool)], f: &Facts<'_>) -> bool {
+    terms.iter().all(|&(idx, neg)| match acls[idx].test(f) {
+        Tri::Yes => !neg,
+        Tri::No => neg,
+        Tri::UnknownDst | Tri::UnknownUser => false,
+    })
+}
+
 /// Allow or deny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -93,6 +93,8 @@ impl Basic {
         let Ok(user) = std::str::from_utf8(&raw[..colon]) else {
             return failed("Basic user name is not UTF-8");
         };
+        // `NAME-session-KEY` logs in as NAME; the key only steers source rotation
+        let (user, _session) = crate::egress::outgoing::split_session(user);
         let password = &raw[colon + 1..];
         let tag = self.tag(user, password);
         if let Some((cached, until)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(user)
@@ -129,6 +131,22 @@ impl Basic {
         }
         Outcome::User(user.into())
     }
+}
+
+/// The user name a request presents in `Proxy-Authorization` (Basic or
+/// Digest), whether or not it is verified.
+pub fn presented_name(header: Option<&HeaderValue>) -> Option<String> {
+    let value = header?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let raw = STANDARD.decode(rest.trim()).ok()?;
+        let colon = raw.iter().position(|&b| b == b':')?;
+        return String::from_utf8(raw[..colon].to_vec()).ok();
+    }
+    if scheme.eq_ignore_ascii_case("digest") {
+        return digest::parse_params(rest).ok().map(|p| p.username);
+    }
+    None
 }
 
 /// A bcrypt hash of nothing in particular, for timing parity on unknown users.

@@ -3,13 +3,12 @@
 //! allowed. The map is behind a mutex held only for a push or a pop.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::relay::body::ReqBody;
 
@@ -25,7 +24,38 @@ struct Idle {
     since: Instant,
 }
 
-type Map = Mutex<HashMap<SocketAddr, Vec<Idle>>>;
+/// What a pooled connection is interchangeable for: the address connected
+/// to, the source address, and the route (the outgoing rule, or the parent)
+/// that set its socket up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub dst: SocketAddr,
+    pub src: Option<IpAddr>,
+    pub route: Route,
+}
+
+/// How a pooled connection was set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Direct, with the system's defaults.
+    Direct,
+    /// Direct, with the socket settings of this outgoing rule.
+    Outgoing(usize),
+    /// To this parent proxy (its config index; `dst` unused).
+    Parent(usize),
+}
+
+impl Key {
+    pub fn direct(dst: SocketAddr) -> Key {
+        Key {
+            dst,
+            src: None,
+            route: Route::Direct,
+        }
+    }
+}
+
+type Map = Mutex<HashMap<Key, Vec<Idle>>>;
 
 #[derive(Default)]
 pub struct Pool {
@@ -38,7 +68,7 @@ impl Pool {
     }
 
     /// A ready idle connection to `addr`, most recently used first.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    pub fn checkout(&self, addr: Key) -> Option<Sender> {
         let mut map = self.idle.lock().ok()?;
         let list = map.get_mut(&addr)?;
         while let Some(i) = list.pop() {
@@ -51,7 +81,7 @@ impl Pool {
 
     /// Gives a connection back once its response is complete. One that is not
     /// ready yet is put back when it becomes ready (or dropped if it closes).
-    pub fn checkin(&self, addr: SocketAddr, mut tx: Sender) {
+    pub fn checkin(&self, addr: Key, mut tx: Sender) {
         if tx.is_closed() {
             return;
         }
@@ -83,7 +113,7 @@ impl Pool {
     }
 }
 
-fn put(idle: &Map, addr: SocketAddr, tx: Sender) {
+fn put(idle: &Map, addr: Key, tx: Sender) {
     if let Ok(mut map) = idle.lock() {
         let list = map.entry(addr).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
@@ -96,8 +126,12 @@ fn put(idle: &Map, addr: SocketAddr, tx: Sender) {
     }
 }
 
-/// Starts an HTTP/1.1 client connection on a connected socket.
-pub async fn handshake(stream: TcpStream) -> Result<Sender, hyper::Error> {
+/// Starts an HTTP/1.1 client connection on a connected socket (or a TLS
+/// stream to a parent proxy).
+pub async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -5,9 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::relay::splice::{self, Failed};
 
@@ -134,6 +133,36 @@ where
     }
 }
 
+/// Relays between `client` and any byte stream (a TLS connection to a parent
+/// proxy), through user-space buffers.
+pub async fn relay_io<S: AsyncRead + AsyncWrite + Unpin>(
+    client: TcpStream,
+    mut server: S,
+    initial: &[u8],
+    idle: Duration,
+) -> Outcome {
+    if !initial.is_empty() && server.write_all(initial).await.is_err() {
+        return Outcome {
+            up: 0,
+            down: 0,
+            end: End::ServerError,
+        };
+    }
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = AtomicU64::new(initial.len() as u64);
+    let down = AtomicU64::new(0);
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = tokio::io::split(server);
+    let both = async { tokio::join!(copy(cr, sw, &up, &last, base), copy(sr, cw, &down, &last, base)) };
+    let end = watch_idle(both, &last, base, idle).await;
+    Outcome {
+        up: up.load(Relaxed),
+        down: down.load(Relaxed),
+        end,
+    }
+}
+
 async fn relay_copy(client: TcpStream, server: TcpStream, initial: u64, idle: Duration) -> Outcome {
     let base = Instant::now();
     let last = AtomicU64::new(0);
@@ -151,9 +180,9 @@ async fn relay_copy(client: TcpStream, server: TcpStream, initial: u64, idle: Du
     }
 }
 
-async fn copy(
-    mut r: OwnedReadHalf,
-    mut w: OwnedWriteHalf,
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut r: R,
+    mut w: W,
     count: &AtomicU64,
     last: &AtomicU64,
     base: Instant,

@@ -210,6 +210,9 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         });
     }
     tokio::spawn(reload_on_sighup(auth));
+    if let Some(every) = state.config.load().egress.parent_check_interval {
+        tokio::spawn(crate::egress::parent::check_loop(state.clone(), every));
+    }
     for (i, l) in listeners {
         tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
     }

@@ -168,3 +168,107 @@ fn version_flag() {
         format!("sekisho {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Asserts that `check` fails with a message containing `needle` (any place).
+fn assert_message(text: &str, needle: &str) {
+    let (ok, err, _) = check(&format!("{LISTENER}{text}"));
+    assert!(!ok, "check accepted:\n{text}");
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+}
+
+#[test]
+fn egress_errors() {
+    assert_message(
+        "[[outgoing]]\nmatch = \"all\"\npool = \"nope\"\n",
+        "no `[source_pool.nope]` is defined",
+    );
+    assert_message("[[outgoing]]\nmatch = \"nobody\"\nmark = 1\n", "undefined ACL `nobody`");
+    assert_message("[[outgoing]]\nmatch = \"all\"\n", "chooses nothing");
+    assert_message("[[outgoing]]\nmatch = \"all\"\nmark = 0\n", "must not be 0");
+    assert_message(
+        "[source_pool.p]\naddresses = [\"10.0.0.1\"]\n[[outgoing]]\nmatch = \"all\"\npool = \"p\"\naddress = \"10.0.0.2\"\n",
+        "use only one of `address`, `pool` and `uplink`",
+    );
+    assert_message(
+        "[[outgoing]]\nmatch = \"all\"\naddress = \"10.0.0.1\"\nfamily = \"ipv6\"\n",
+        "no source address of the family",
+    );
+    assert_message(
+        "[[outgoing]]\nmatch = \"all\"\nfamily = \"v5\"\nmark = 1\n",
+        "expected any, ipv4, ipv6",
+    );
+    assert_message(
+        "[[outgoing]]\nmatch = \"all\"\ninterface = \"a-very-long-interface\"\n",
+        "is not an interface name",
+    );
+    assert_message(
+        "[source_pool.p]\naddresses = [\"10.0.0.1\", \"x\"]\n",
+        "`x` is not an IP address",
+    );
+    assert_message(
+        "[source_pool.p]\naddresses = [\"10.0.0.1\"]\nrotation = \"lottery\"\n",
+        "expected round-robin, random",
+    );
+    assert_message(
+        "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\naddress = \"10.0.0.2/24\"\ngateway = \"10.9.0.1\"\n",
+        "is not on the link 10.0.0.0/24",
+    );
+    assert_message(
+        "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\naddress = \"10.0.0.2/24\"\ntable = 254\n",
+        "reserved table",
+    );
+    assert_message("[[parent]]\nname = \"p\"\n", "needs `address`");
+    assert_message("[[parent]]\naddress = \"p1:99999\"\n", "is not HOST:PORT");
+    assert_message(
+        "[[parent]]\naddress = \"p1:3128\"\nusername = \"u\"\npassword_env = \"SEKISHO_SURELY_UNSET\"\n",
+        "SEKISHO_SURELY_UNSET is not set",
+    );
+    assert_message(
+        "[[parent]]\naddress = \"p1:3128\"\nusername = \"u\"\n",
+        "needs `password_file` or `password_env`",
+    );
+    assert_message(
+        "[[parent]]\naddress = \"p1:3128\"\ntls_server_name = \"x\"\n",
+        "TLS settings without `tls = true`",
+    );
+    assert_message(
+        "[egress]\nnever_direct = [\"allow all\"]\n",
+        "no `[[parent]]` is configured",
+    );
+    assert_message(
+        "[[parent]]\naddress = \"p1:3128\"\n[egress]\nalways_direct = [\"allow to_private\"]\n",
+        "use dstdomain",
+    );
+    assert_message(
+        "[[parent]]\naddress = \"p1:3128\"\n[egress]\nparent_select = \"best\"\n",
+        "expected first-up, round-robin or hash",
+    );
+    assert_message("[egress]\nroute_protocol = 2\n", "between 5 and 255");
+    assert_message(
+        "[pac]\nfallback = [\"SOMETIMES\"]\n",
+        "is not `DIRECT` or `PROXY host:port`",
+    );
+    assert_message("[pac]\ndirect = [\"10.0.0.1/8\"]\n", "host bits set");
+    assert_message(
+        "[acl]\nm = { method = [\"GET\"] }\n[pac]\naccess = [\"allow m\"]\n",
+        "not a source-address ACL",
+    );
+
+    // a password from the environment
+    let dir = TempDir::new();
+    let p = dir.path("c.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "{LISTENER}[[parent]]\naddress = \"p1:3128\"\nusername = \"u\"\npassword_env = \"SEKISHO_IT_PARENT_PW\"\n"
+        ),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&p)
+        .env("SEKISHO_IT_PARENT_PW", "pw")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -261,7 +261,7 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .collect()
 }
 
-async fn origin_service(req: Request<Incoming>, conn_id: usize) -> Response<Body> {
+async fn origin_service(req: Request<Incoming>, conn_id: usize, peer: SocketAddr) -> Response<Body> {
     let q = query(&req);
     let path = req.uri().path().to_string();
     match path.as_str() {
@@ -320,7 +320,7 @@ async fn origin_service(req: Request<Incoming>, conn_id: usize) -> Response<Body
                 }
             }
             let text = format!(
-                "method={method}\ntarget={target}\nversion={version}\nconn={conn_id}\nbody_len={len}\nbody_sum={sum}\n{}\n",
+                "method={method}\ntarget={target}\nversion={version}\nconn={conn_id}\npeer={peer}\nbody_len={len}\nbody_sum={sum}\n{}\n",
                 headers.join("\n")
             );
             let mut r = Response::new(full(text));
@@ -359,12 +359,17 @@ impl Origin {
 
     /// With `tls`, the origin speaks HTTPS with that acceptor.
     pub fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
+        Origin::from_listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), tls)
+    }
+
+    /// The origin on an already-bound listener (one bound inside a network
+    /// namespace, for instance); with `tls`, it speaks HTTPS.
+    pub fn from_listener(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -373,7 +378,7 @@ impl Origin {
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let id = c.fetch_add(1, SeqCst);
@@ -382,7 +387,7 @@ impl Origin {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, SeqCst);
-                        async move { Ok::<_, Infallible>(origin_service(req, id).await) }
+                        async move { Ok::<_, Infallible>(origin_service(req, id, peer).await) }
                     });
                     match tls {
                         Some(acc) => {
