@@ -69,8 +69,8 @@ pub struct SourcePool {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub rotation: Rotation,
-    /// Round-robin position.
-    pub next: AtomicUsize,
+    /// Round-robin positions, IPv4 and IPv6 apart.
+    pub next: [AtomicUsize; 2],
 }
 
 /// Which destination addresses a rule uses, and in what order.

@@ -148,6 +148,7 @@ impl<'a, 'i> Tab<'a, 'i> {
         let parsed = match v.get_ref() {
             DeValue::String(s) => parse_duration(s),
             DeValue::Integer(_) => match int_of(v.get_ref()) {
+                Some(n) if n > 1_000_000_000 => Err(format!("{n} seconds is too long")),
                 Some(n) if n >= 0 => Ok(Duration::from_secs(n as u64)),
                 _ => Err("a duration cannot be negative".to_string()),
             },

@@ -121,9 +121,10 @@ pub fn pick(pool: &SourcePool, keys: &StickyKeys<'_>, v4: bool) -> Option<IpAddr
         return None;
     }
     let nth = |k: usize| pool.addresses.iter().filter(|a| a.is_ipv4() == v4).nth(k % n).copied();
+    let next = &pool.next[usize::from(!v4)];
     match pool.rotation {
-        Rotation::RoundRobin => nth(pool.next.fetch_add(1, Relaxed)),
-        Rotation::Random => nth(getrandom::u32().unwrap_or_else(|_| pool.next.fetch_add(1, Relaxed) as u32) as usize),
+        Rotation::RoundRobin => nth(next.fetch_add(1, Relaxed)),
+        Rotation::Random => nth(getrandom::u32().unwrap_or_else(|_| next.fetch_add(1, Relaxed) as u32) as usize),
         Rotation::Host => sticky(pool, v4, keys.host.as_bytes()),
         Rotation::User => sticky(pool, v4, &user_key(keys)),
         Rotation::Session => match keys.session {
@@ -165,14 +166,13 @@ pub fn split_session(user: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     fn pool(rotation: Rotation, addrs: &[&str]) -> SourcePool {
         SourcePool {
             name: "p".into(),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             rotation,
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         }
     }
 
@@ -198,6 +198,28 @@ mod tests {
             ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.3"]
         );
         assert_eq!(pick(&p, &k, false).unwrap().to_string(), "2001:db8::1");
+        // the families keep their own turn: alternating requests still see every address
+        let mixed = pool(
+            Rotation::RoundRobin,
+            &["10.0.0.1", "10.0.0.2", "2001:db8::1", "2001:db8::2"],
+        );
+        let got: Vec<String> = (0..4)
+            .flat_map(|_| [pick(&mixed, &k, true).unwrap(), pick(&mixed, &k, false).unwrap()])
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.0.0.1",
+                "2001:db8::1",
+                "10.0.0.2",
+                "2001:db8::2",
+                "10.0.0.1",
+                "2001:db8::1",
+                "10.0.0.2",
+                "2001:db8::2"
+            ]
+        );
         let v4only = pool(Rotation::RoundRobin, &["10.0.0.1"]);
         assert_eq!(pick(&v4only, &k, false), None);
     }

@@ -22,6 +22,7 @@ use crate::config::egress::{Parent, ParentSelect};
 use crate::egress::connect::{self, AttemptError};
 use crate::egress::outgoing::{self, StickyKeys};
 use crate::policy::acl::Facts;
+use crate::relay::pool::{Key, Route, Sender};
 use crate::runtime::State;
 
 /// Milliseconds since the first call (a monotonic clock for down marks).
@@ -38,7 +39,8 @@ impl Parent {
 
     /// Skips the parent for `retry_after`. Returns whether it was up before.
     pub fn mark_down(&self, retry_after: Duration) -> bool {
-        let until = now_ms() + retry_after.as_millis() as u64;
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+        let until = now_ms().saturating_add(ms);
         self.down_until.swap(until, Relaxed) <= now_ms()
     }
 
@@ -57,9 +59,15 @@ pub fn order(cfg: &Config, host: &str) -> Vec<usize> {
     match cfg.egress.parent_select {
         ParentSelect::FirstUp => {}
         ParentSelect::RoundRobin => {
-            if n > 0 {
-                let start = cfg.egress.parent_next.fetch_add(1, Relaxed) % n;
-                idx.rotate_left(start);
+            // the turn goes round the parents that are up, so a down one does
+            // not hand its share to its neighbour
+            let up = parents.iter().filter(|p| !p.is_down()).count();
+            if up > 0 {
+                let k = cfg.egress.parent_next.fetch_add(1, Relaxed) % up;
+                let (mut live, down): (Vec<usize>, Vec<usize>) = idx.into_iter().partition(|&i| !parents[i].is_down());
+                live.rotate_left(k);
+                live.extend(down);
+                return live;
             }
         }
         ParentSelect::Hash => {
@@ -123,15 +131,32 @@ impl AsyncWrite for ParentStream {
     }
 }
 
-/// Connects to a parent: resolves its name, tries its addresses (with the
-/// outgoing rules applied), then the TLS handshake when configured.
-pub async fn connect(
+/// A connection to a parent, from the pool or new.
+pub enum Dialed {
+    Pooled {
+        key: Key,
+        tx: Sender,
+        local: Option<SocketAddr>,
+    },
+    Fresh {
+        key: Key,
+        stream: ParentStream,
+    },
+}
+
+/// Connects to a parent: resolves its name, and per address (in order)
+/// chooses the outgoing rule's settings once, takes a pooled connection made
+/// with the same address, source and rule when `reuse` allows, else connects
+/// (and does the TLS handshake when configured).
+pub async fn dial(
     state: &State,
     cfg: &Config,
-    parent: &Parent,
+    idx: usize,
     facts: &Facts<'_>,
     keys: &StickyKeys<'_>,
-) -> Result<(ParentStream, SocketAddr), String> {
+    reuse: bool,
+) -> Result<Dialed, String> {
+    let parent = &cfg.egress.parents[idx];
     let timeout = cfg.timeouts.connect;
     let ips = state
         .resolver
@@ -139,7 +164,6 @@ pub async fn connect(
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", parent.host))?;
     let mut errors: Vec<AttemptError> = Vec::new();
-    let mut found = None;
     for ip in ips {
         let addr = SocketAddr::new(ip, parent.port);
         let via = match outgoing::choose(cfg, facts, keys, ip) {
@@ -152,27 +176,39 @@ pub async fn connect(
                 continue;
             }
         };
-        match connect::connect_via(addr, &via, timeout).await {
-            Ok(s) => {
-                found = Some((s, addr));
-                break;
-            }
-            Err(e) => errors.push(e),
+        let key = Key {
+            dst: addr,
+            src: via.source,
+            route: Route::Parent(idx, via.rule),
+        };
+        if reuse && let Some((tx, local)) = state.pool.checkout(key) {
+            return Ok(Dialed::Pooled { key, tx, local });
         }
+        let tcp = match connect::connect_via(addr, &via, timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let Some(tls) = &parent.tls else {
+            return Ok(Dialed::Fresh {
+                key,
+                stream: ParentStream::Plain(tcp),
+            });
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        return match tokio::time::timeout(timeout, connector.connect(tls.server_name.clone(), tcp)).await {
+            Ok(Ok(s)) => Ok(Dialed::Fresh {
+                key,
+                stream: ParentStream::Tls(Box::new(s)),
+            }),
+            Ok(Err(e)) => Err(format!("TLS handshake with {addr} failed: {e}")),
+            Err(_) => Err(format!("TLS handshake with {addr} timed out")),
+        };
     }
-    let Some((tcp, addr)) = found else {
-        let list = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-        return Err(format!("cannot connect: {list}"));
-    };
-    let Some(tls) = &parent.tls else {
-        return Ok((ParentStream::Plain(tcp), addr));
-    };
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    match tokio::time::timeout(timeout, connector.connect(tls.server_name.clone(), tcp)).await {
-        Ok(Ok(s)) => Ok((ParentStream::Tls(Box::new(s)), addr)),
-        Ok(Err(e)) => Err(format!("TLS handshake with {addr} failed: {e}")),
-        Err(_) => Err(format!("TLS handshake with {addr} timed out")),
-    }
+    let list = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+    Err(format!("cannot connect: {list}"))
 }
 
 /// How a CONNECT through a parent failed.
@@ -221,9 +257,13 @@ pub async fn open_tunnel(
                 ));
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let rest = buf.split_off(end + 4);
-                return parse_answer(&buf).map(|()| rest);
+                match parse_answer(&buf) {
+                    // an interim answer (100 Continue, 103): the real one follows
+                    Err(TunnelError::Answer { status, .. }) if (100..200).contains(&status) => buf = rest,
+                    r => return r.map(|()| rest),
+                }
             }
             if buf.len() > MAX_HEAD {
                 return Err(TunnelError::Parent("sent an oversized CONNECT answer".into()));
@@ -268,7 +308,8 @@ pub async fn check_loop(state: Arc<State>, interval: Duration) {
             _ = shutdown.changed() => return,
         }
         let cfg = state.config.load_full();
-        for p in &cfg.egress.parents {
+        for (idx, p) in cfg.egress.parents.iter().enumerate() {
+            // no client: outgoing rules that test the client or user do not hold here
             let facts = Facts {
                 src: std::net::Ipv4Addr::UNSPECIFIED.into(),
                 method: &http::Method::OPTIONS,
@@ -283,7 +324,7 @@ pub async fn check_loop(state: Arc<State>, interval: Duration) {
                 host: &p.host,
                 client: facts.src,
             };
-            match connect(&state, &cfg, p, &facts, &keys).await {
+            match dial(&state, &cfg, idx, &facts, &keys, false).await {
                 Ok(_) => {
                     if p.mark_up() {
                         tracing::info!(parent = %p.name, "parent is up again (active check)");
@@ -342,5 +383,30 @@ parent_select = "hash"
         assert_eq!(b[..2], a[1..], "the rest keep their ranking");
         assert_eq!(b[2], a[0], "the down parent is tried last");
         assert!(cfg.egress.parents[a[0]].mark_up());
+    }
+
+    #[test]
+    fn round_robin_shares_among_the_parents_that_are_up() {
+        let text = r#"
+[[parent]]
+address = "192.0.2.1:3128"
+[[parent]]
+address = "192.0.2.2:3128"
+[[parent]]
+address = "192.0.2.3:3128"
+[egress]
+parent_select = "round-robin"
+"#;
+        let cfg = crate::config::load_str("t", text).unwrap_or_else(|d| panic!("{d}"));
+        let firsts: Vec<usize> = (0..6).map(|_| order(&cfg, "h")[0]).collect();
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+        cfg.egress.parents[0].mark_down(Duration::from_secs(60));
+        let firsts: Vec<usize> = (0..4).map(|_| order(&cfg, "h")[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 1).count(), 2, "{firsts:?}");
+        assert_eq!(firsts.iter().filter(|&&i| i == 2).count(), 2, "{firsts:?}");
+        assert_eq!(order(&cfg, "h")[2], 0, "the down parent is last");
+        // a retry-after too long for the clock saturates instead of wrapping
+        cfg.egress.parents[1].mark_down(Duration::MAX);
+        assert!(cfg.egress.parents[1].is_down());
     }
 }

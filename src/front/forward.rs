@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::egress::ParentSelect;
 use crate::config::{Config, ForwardedFor};
 use crate::egress::connect::{self, AttemptError};
-use crate::egress::outgoing::{self, Egress, StickyKeys};
+use crate::egress::outgoing::{self, StickyKeys};
 use crate::egress::parent::{self, ParentStream};
 use crate::front::conn::{Conn, UpgradeIo};
 use crate::front::error_page;
@@ -274,30 +274,9 @@ impl Ctx<'_> {
     }
 }
 
-/// One destination address with the egress settings chosen for it.
-struct Target<'c> {
-    addr: SocketAddr,
-    via: Result<Egress<'c>, outgoing::NoSource>,
-}
-
-impl Target<'_> {
-    fn key(&self) -> Option<Key> {
-        let via = self.via.as_ref().ok()?;
-        Some(Key {
-            dst: self.addr,
-            src: via.source,
-            route: via.rule.map_or(Route::Direct, Route::Outgoing),
-        })
-    }
-}
-
 /// The destination addresses (resolved now when the access rules did not
-/// need them), ordered by the outgoing rule's family, each with its egress.
-async fn direct_targets<'c>(
-    txn: &Txn,
-    ctx: &'c Ctx<'_>,
-    addrs: Option<Vec<SocketAddr>>,
-) -> Result<Vec<Target<'c>>, Refusal> {
+/// need them), filtered and ordered by the family of the outgoing rule.
+async fn direct_addrs(txn: &Txn, ctx: &Ctx<'_>, addrs: Option<Vec<SocketAddr>>) -> Result<Vec<SocketAddr>, Refusal> {
     let mut addrs = match addrs {
         Some(a) => a,
         None => resolve(txn, ctx.host)
@@ -306,9 +285,7 @@ async fn direct_targets<'c>(
             .map(|ip| SocketAddr::new(ip, ctx.port))
             .collect(),
     };
-    let facts = ctx.facts();
-    let keys = ctx.keys();
-    outgoing::arrange(&ctx.cfg, &facts, &mut addrs);
+    outgoing::arrange(&ctx.cfg, &ctx.facts(), &mut addrs);
     if addrs.is_empty() {
         return Err(Refusal::new(
             StatusCode::BAD_GATEWAY,
@@ -317,13 +294,103 @@ async fn direct_targets<'c>(
             format!("{} has no address of the family the outgoing rule asks for.", ctx.host),
         ));
     }
-    Ok(addrs
-        .into_iter()
-        .map(|addr| Target {
-            addr,
-            via: outgoing::choose(&ctx.cfg, &facts, &keys, addr.ip()),
-        })
-        .collect())
+    Ok(addrs)
+}
+
+/// Forgets what an earlier path (a parent that failed) wrote into the record.
+fn clear_upstream(txn: &mut Txn) {
+    let r = &mut txn.rec;
+    r.upstream = None;
+    r.upstream_local = None;
+    r.parent = None;
+    r.timers.connect = None;
+    r.timers.response = None;
+}
+
+/// A connection to the origin.
+enum Dialed {
+    Pooled(Key, Sender),
+    Fresh(Key, tokio::net::TcpStream),
+}
+
+/// Per address in order: the outgoing rule's settings are chosen once (so a
+/// pool rotates once per connection), a pooled connection made with the same
+/// address, source and rule is taken when `reuse` allows, else a new one is
+/// made; an address that fails moves on to the next.
+async fn dial_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: &[SocketAddr], reuse: bool) -> Result<Dialed, Refusal> {
+    let t0 = Instant::now();
+    let state = txn.conn.state.clone();
+    let timeout = ctx.cfg.timeouts.connect;
+    let facts = ctx.facts();
+    let keys = ctx.keys();
+    let mut errors = Vec::new();
+    for &addr in addrs {
+        let via = match outgoing::choose(&ctx.cfg, &facts, &keys, addr.ip()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("outgoing connection to {addr} not possible: {e}");
+                errors.push(AttemptError {
+                    addr,
+                    failure: connect::Failure::Local(e.to_string()),
+                });
+                continue;
+            }
+        };
+        let key = Key {
+            dst: addr,
+            src: via.source,
+            route: via.rule.map_or(Route::Direct, Route::Outgoing),
+        };
+        if reuse && let Some((tx, local)) = state.pool.checkout(key) {
+            Counters::inc(&state.counters.upstream_reused);
+            txn.rec.timers.connect = Some(Duration::ZERO);
+            txn.rec.upstream = Some(addr);
+            txn.rec.upstream_local = local;
+            return Ok(Dialed::Pooled(key, tx));
+        }
+        match connect::connect_via(addr, &via, timeout).await {
+            Ok(stream) => {
+                Counters::inc(&state.counters.upstream_connects);
+                txn.rec.timers.connect = Some(t0.elapsed());
+                txn.rec.upstream = Some(addr);
+                txn.rec.upstream_local = stream.local_addr().ok();
+                return Ok(Dialed::Fresh(key, stream));
+            }
+            Err(e) => {
+                if let connect::Failure::Local(m) = &e.failure {
+                    tracing::warn!("outgoing connection to {addr} not possible: {m}");
+                } else {
+                    tracing::debug!("connect failed, trying the next address: {e}");
+                }
+                errors.push(e);
+            }
+        }
+    }
+    txn.rec.timers.connect = Some(t0.elapsed());
+    Err(unreachable(ctx.host, ctx.port, &errors))
+}
+
+/// An HTTP sender to the origin, pooled or new; `true` when it was pooled.
+async fn sender(
+    txn: &mut Txn,
+    ctx: &Ctx<'_>,
+    addrs: &[SocketAddr],
+    reuse: bool,
+) -> Result<(Key, Sender, bool), Refusal> {
+    match dial_direct(txn, ctx, addrs, reuse).await? {
+        Dialed::Pooled(key, tx) => Ok((key, tx, true)),
+        Dialed::Fresh(key, stream) => {
+            let tx = pool::handshake(stream).await.map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    ResultCode::TcpMissError,
+                    b"SC",
+                    format!("Cannot talk to {}: {e}.", key.dst),
+                )
+            })?;
+            Ok((key, tx, false))
+        }
+    }
 }
 
 /// Checks the request's credentials: the user, or a 407 to send.
@@ -365,63 +432,6 @@ fn unreachable(host: &str, port: u16, errors: &[AttemptError]) -> Refusal {
     }
 }
 
-/// Opens a new upstream connection, trying each address in turn.
-async fn connect_new(
-    txn: &mut Txn,
-    targets: &[Target<'_>],
-    host: &str,
-    port: u16,
-) -> Result<(Key, tokio::net::TcpStream), Refusal> {
-    let t0 = Instant::now();
-    let timeout = txn.conn.cfg.timeouts.connect;
-    let mut errors = Vec::new();
-    for t in targets {
-        let via = match &t.via {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(AttemptError {
-                    addr: t.addr,
-                    failure: connect::Failure::Local(e.to_string()),
-                });
-                continue;
-            }
-        };
-        match connect::connect_via(t.addr, via, timeout).await {
-            Ok(stream) => {
-                Counters::inc(&txn.conn.state.counters.upstream_connects);
-                txn.rec.timers.connect = Some(t0.elapsed());
-                txn.rec.upstream = Some(t.addr);
-                txn.rec.upstream_local = stream.local_addr().ok();
-                let key = t.key().expect("a target with an egress");
-                return Ok((key, stream));
-            }
-            Err(e) => {
-                if let connect::Failure::Local(m) = &e.failure {
-                    tracing::warn!("outgoing connection to {} not possible: {m}", t.addr);
-                } else {
-                    tracing::debug!("connect failed, trying the next address: {e}");
-                }
-                errors.push(e);
-            }
-        }
-    }
-    txn.rec.timers.connect = Some(t0.elapsed());
-    Err(unreachable(host, port, &errors))
-}
-
-async fn new_sender(txn: &mut Txn, targets: &[Target<'_>], host: &str, port: u16) -> Result<(Key, Sender), Refusal> {
-    let (key, stream) = connect_new(txn, targets, host, port).await?;
-    let tx = pool::handshake(stream).await.map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            ResultCode::TcpMissError,
-            b"SC",
-            format!("Cannot talk to {}: {e}.", key.dst),
-        )
-    })?;
-    Ok((key, tx))
-}
-
 /// A response on its way back, with the connection it came on.
 struct Sent {
     resp: Response<Incoming>,
@@ -450,11 +460,6 @@ async fn send_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, mut out: Request<ReqBody
     let mut errors = Vec::new();
     for idx in parent::order(cfg, ctx.host) {
         let p = &cfg.egress.parents[idx];
-        let key = Key {
-            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
-            src: None,
-            route: Route::Parent(idx),
-        };
         match &p.authorization {
             Some(a) => {
                 out.headers_mut().insert(header::PROXY_AUTHORIZATION, a.clone());
@@ -463,38 +468,39 @@ async fn send_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, mut out: Request<ReqBody
                 out.headers_mut().remove(header::PROXY_AUTHORIZATION);
             }
         }
-        let mut pooled = state.pool.checkout(key);
+        let mut reuse = true;
         loop {
+            clear_upstream(txn);
             let t0 = Instant::now();
-            let (mut tx, reused) = match pooled.take() {
-                Some(tx) => {
+            let (key, mut tx, reused) = match parent::dial(&state, cfg, idx, &facts, &keys, reuse).await {
+                Ok(parent::Dialed::Pooled { key, tx, local }) => {
                     Counters::inc(&state.counters.upstream_reused);
                     txn.rec.timers.connect = Some(Duration::ZERO);
-                    (tx, true)
+                    txn.rec.upstream = Some(key.dst);
+                    txn.rec.upstream_local = local;
+                    (key, tx, true)
                 }
-                None => match parent::connect(&state, cfg, p, &facts, &keys).await {
-                    Ok((stream, addr)) => {
-                        txn.rec.timers.connect = Some(t0.elapsed());
-                        txn.rec.upstream = Some(addr);
-                        txn.rec.upstream_local = stream.local_addr();
-                        match pool::handshake(stream).await {
-                            Ok(tx) => {
-                                Counters::inc(&state.counters.upstream_connects);
-                                (tx, false)
-                            }
-                            Err(e) => {
-                                parent_failed(cfg, p, &format!("HTTP handshake failed: {e}"));
-                                errors.push(format!("{}: {e}", p.name));
-                                break;
-                            }
+                Ok(parent::Dialed::Fresh { key, stream }) => {
+                    txn.rec.timers.connect = Some(t0.elapsed());
+                    txn.rec.upstream = Some(key.dst);
+                    txn.rec.upstream_local = stream.local_addr();
+                    match pool::handshake(stream).await {
+                        Ok(tx) => {
+                            Counters::inc(&state.counters.upstream_connects);
+                            (key, tx, false)
+                        }
+                        Err(e) => {
+                            parent_failed(cfg, p, &format!("HTTP handshake failed: {e}"));
+                            errors.push(format!("{}: {e}", p.name));
+                            break;
                         }
                     }
-                    Err(e) => {
-                        parent_failed(cfg, p, &e);
-                        errors.push(format!("{}: {e}", p.name));
-                        break;
-                    }
-                },
+                }
+                Err(e) => {
+                    parent_failed(cfg, p, &e);
+                    errors.push(format!("{}: {e}", p.name));
+                    break;
+                }
             };
             txn.rec.parent = Some(p.name.clone());
             txn.rec.hierarchy = ctx.hierarchy();
@@ -511,14 +517,16 @@ async fn send_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, mut out: Request<ReqBody
                     Some(m) => {
                         out = m;
                         if reused {
+                            reuse = false;
                             continue;
                         }
                         parent_failed(cfg, p, &format!("closed the connection: {}", e.error()));
                         errors.push(format!("{}: {}", p.name, e.error()));
                         break;
                     }
+                    // sent, at least in part: not repeated, and not held
+                    // against the parent (the client's body may have failed)
                     None => {
-                        parent_failed(cfg, p, &format!("failed mid-request: {}", e.error()));
                         return Err(ParentsFailed::Refused(Refusal::new(
                             StatusCode::BAD_GATEWAY,
                             ResultCode::TcpMissError,
@@ -575,38 +583,17 @@ fn no_parent(detail: &str) -> Refusal {
 }
 
 /// Sends an origin-form request straight to the origin: over a pooled
-/// connection to an allowed address when there is one, else a new one.
+/// connection when there is one for the address and egress chosen, else a new one.
 async fn send_direct(
     txn: &mut Txn,
     ctx: &Ctx<'_>,
     addrs: Option<Vec<SocketAddr>>,
     mut out: Request<ReqBody>,
 ) -> Result<Sent, Refusal> {
+    clear_upstream(txn);
     txn.rec.hierarchy = Hierarchy::Direct;
-    txn.rec.parent = None;
-    let targets = direct_targets(txn, ctx, addrs).await?;
-    let mut reused = None;
-    for t in &targets {
-        if let Some(key) = t.key()
-            && let Some(tx) = txn.conn.state.pool.checkout(key)
-        {
-            reused = Some((key, tx));
-            break;
-        }
-    }
-    let (mut key, mut tx, mut is_reused) = match reused {
-        Some((key, tx)) => {
-            Counters::inc(&txn.conn.state.counters.upstream_reused);
-            txn.rec.timers.connect = Some(Duration::ZERO);
-            txn.rec.upstream = Some(key.dst);
-            txn.rec.upstream_local = None;
-            (key, tx, true)
-        }
-        None => {
-            let (k, tx) = new_sender(txn, &targets, ctx.host, ctx.port).await?;
-            (k, tx, false)
-        }
-    };
+    let addrs = direct_addrs(txn, ctx, addrs).await?;
+    let (mut key, mut tx, mut is_reused) = sender(txn, ctx, &addrs, true).await?;
     let response_timeout = txn.conn.cfg.timeouts.server_response;
     let t0 = Instant::now();
     loop {
@@ -620,8 +607,7 @@ async fn send_direct(
                 // not sent, so it goes again on a fresh connection
                 if is_reused && let Some(m) = e.take_message() {
                     out = m;
-                    (key, tx) = new_sender(txn, &targets, ctx.host, ctx.port).await?;
-                    is_reused = false;
+                    (key, tx, is_reused) = sender(txn, ctx, &addrs, false).await?;
                     continue;
                 }
                 return Err(Refusal::new(
@@ -731,6 +717,18 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
         Ok(s) => s,
         Err(r) => return refuse(txn, r),
     };
+    if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        && let Some(name) = txn.rec.parent.clone()
+    {
+        // the parent's login is this proxy's business, not the client's
+        let r = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            ResultCode::TcpMissError,
+            b"SH",
+            format!("The parent proxy {name} refused this proxy's credentials (407)."),
+        );
+        return refuse(txn, r);
+    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = &txn.conn.cfg.http.via_value {
@@ -965,11 +963,19 @@ enum TunnelEnd {
 }
 
 async fn connect_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: Option<Vec<SocketAddr>>) -> Result<TunnelEnd, Refusal> {
+    clear_upstream(txn);
     txn.rec.hierarchy = Hierarchy::Direct;
-    txn.rec.parent = None;
-    let targets = direct_targets(txn, ctx, addrs).await?;
-    let (_, stream) = connect_new(txn, &targets, ctx.host, ctx.port).await?;
-    Ok(TunnelEnd::Direct(stream))
+    let addrs = direct_addrs(txn, ctx, addrs).await?;
+    match dial_direct(txn, ctx, &addrs, false).await? {
+        Dialed::Fresh(_, stream) => Ok(TunnelEnd::Direct(stream)),
+        // dial_direct pools nothing when not asked to reuse
+        Dialed::Pooled(key, _) => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            ResultCode::TcpMissError,
+            b"PC",
+            format!("No connection to {} for a tunnel.", key.dst),
+        )),
+    }
 }
 
 /// Opens the tunnel through the first parent that accepts it; a parent that
@@ -982,9 +988,18 @@ async fn tunnel_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, authority: &str) -> Re
     let mut errors = Vec::new();
     for idx in parent::order(cfg, ctx.host) {
         let p = &cfg.egress.parents[idx];
+        clear_upstream(txn);
         let t0 = Instant::now();
-        let (mut stream, addr) = match parent::connect(&state, cfg, p, &facts, &keys).await {
-            Ok(s) => s,
+        let mut stream = match parent::dial(&state, cfg, idx, &facts, &keys, false).await {
+            Ok(parent::Dialed::Fresh { key, stream }) => {
+                txn.rec.upstream = Some(key.dst);
+                stream
+            }
+            // dial pools nothing when not asked to reuse
+            Ok(parent::Dialed::Pooled { key, .. }) => {
+                errors.push(format!("{}: no fresh connection to {}", p.name, key.dst));
+                continue;
+            }
             Err(e) => {
                 parent_failed(cfg, p, &e);
                 errors.push(format!("{}: {e}", p.name));
@@ -993,7 +1008,6 @@ async fn tunnel_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, authority: &str) -> Re
         };
         Counters::inc(&state.counters.upstream_connects);
         txn.rec.timers.connect = Some(t0.elapsed());
-        txn.rec.upstream = Some(addr);
         txn.rec.upstream_local = stream.local_addr();
         txn.rec.parent = Some(p.name.clone());
         txn.rec.hierarchy = ctx.hierarchy();
@@ -1019,8 +1033,8 @@ async fn tunnel_via_parents(txn: &mut Txn, ctx: &Ctx<'_>, authority: &str) -> Re
                 txn.rec.timers.response = Some(t1.elapsed());
                 // the parent's own login failing is this proxy's problem, not the client's
                 let code = match status {
-                    407 => StatusCode::BAD_GATEWAY,
-                    s => StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+                    400..=406 | 408..=599 => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    _ => StatusCode::BAD_GATEWAY,
                 };
                 return Err(ParentsFailed::Refused(Refusal::new(
                     code,

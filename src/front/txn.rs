@@ -161,8 +161,8 @@ impl Body for ProxyBody {
 
 /// The response is complete: the upstream connection is reusable.
 fn finish(txn: &mut Option<Txn>, upstream: &mut Option<(crate::relay::pool::Key, Sender)>) {
-    if let (Some((addr, tx)), Some(t)) = (upstream.take(), txn.as_ref()) {
-        t.conn.state.pool.checkin(addr, tx);
+    if let (Some((key, tx)), Some(t)) = (upstream.take(), txn.as_ref()) {
+        t.conn.state.pool.checkin(key, tx, t.rec.upstream_local);
     }
     txn.take();
 }

@@ -21,6 +21,8 @@ pub const IDLE_TTL: Duration = Duration::from_secs(60);
 
 struct Idle {
     tx: Sender,
+    /// The connection's local address, for the log of the requests reusing it.
+    local: Option<SocketAddr>,
     since: Instant,
 }
 
@@ -41,8 +43,9 @@ pub enum Route {
     Direct,
     /// Direct, with the socket settings of this outgoing rule.
     Outgoing(usize),
-    /// To this parent proxy (its config index; `dst` unused).
-    Parent(usize),
+    /// To this parent proxy (its config index), with the socket settings of
+    /// this outgoing rule, if any.
+    Parent(usize, Option<usize>),
 }
 
 impl Key {
@@ -67,13 +70,13 @@ impl Pool {
         Pool::default()
     }
 
-    /// A ready idle connection to `addr`, most recently used first.
-    pub fn checkout(&self, addr: Key) -> Option<Sender> {
+    /// A ready idle connection for `key`, most recently used first, with its local address.
+    pub fn checkout(&self, key: Key) -> Option<(Sender, Option<SocketAddr>)> {
         let mut map = self.idle.lock().ok()?;
-        let list = map.get_mut(&addr)?;
+        let list = map.get_mut(&key)?;
         while let Some(i) = list.pop() {
             if !i.tx.is_closed() && i.tx.is_ready() && i.since.elapsed() < IDLE_TTL {
-                return Some(i.tx);
+                return Some((i.tx, i.local));
             }
         }
         None
@@ -81,18 +84,18 @@ impl Pool {
 
     /// Gives a connection back once its response is complete. One that is not
     /// ready yet is put back when it becomes ready (or dropped if it closes).
-    pub fn checkin(&self, addr: Key, mut tx: Sender) {
+    pub fn checkin(&self, key: Key, mut tx: Sender, local: Option<SocketAddr>) {
         if tx.is_closed() {
             return;
         }
         if tx.is_ready() {
-            put(&self.idle, addr, tx);
+            put(&self.idle, key, tx, local);
             return;
         }
         let idle = self.idle.clone();
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), tx.ready()).await {
-                put(&idle, addr, tx);
+                put(&idle, key, tx, local);
             }
         });
     }
@@ -113,14 +116,15 @@ impl Pool {
     }
 }
 
-fn put(idle: &Map, addr: Key, tx: Sender) {
+fn put(idle: &Map, key: Key, tx: Sender, local: Option<SocketAddr>) {
     if let Ok(mut map) = idle.lock() {
-        let list = map.entry(addr).or_default();
+        let list = map.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
             list.remove(0);
         }
         list.push(Idle {
             tx,
+            local,
             since: Instant::now(),
         });
     }

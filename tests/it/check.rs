@@ -272,3 +272,47 @@ fn egress_errors() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn egress_examples_are_valid() {
+    for name in ["redundant-forward.toml", "multi-homed.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let o = Command::new(bin()).args(["check", "-c"]).arg(&path).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-homed.toml");
+    let o = Command::new(bin()).args(["routes", "-c"]).arg(&path).output().unwrap();
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        plan.contains("ip route add 10.10.1.0/24 dev eth1 src 10.10.1.2 scope link table 101 proto 157"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("ip route add default dev ppp0 scope link table 102 proto 157"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn egress_names_and_ranges() {
+    assert_message(
+        "[[parent]]\nname = \"p 1\"\naddress = \"p1:3128\"\n",
+        "a name is 1-64 letters",
+    );
+    assert_message(
+        "[[parent]]\nname = \"parent1\"\naddress = \"p1:3128\"\n[[parent]]\naddress = \"p2:3128\"\n",
+        "parent name `parent1` is used twice",
+    );
+    assert_message(
+        "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\naddress = \"10.0.0.2/24\"\npriority = 32765\n",
+        "between 1 and 32764",
+    );
+    assert_message("[egress]\nparent_retry_after = 99999999999\n", "too long");
+    // an IPv6 uplink's next hop is usually link-local
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}[[uplink]]\nname = \"v6\"\ninterface = \"eth0\"\naddress = \"2001:db8::2/64\"\ngateway = \"fe80::1\"\n"
+    ));
+    assert!(ok, "{err}");
+}

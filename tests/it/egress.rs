@@ -173,7 +173,11 @@ fn source_pools_rotate_and_stick() {
     net.veth_named(&px, "out", "10.3.0.2/24", &org, "in", "10.3.0.1/24");
     net.addr(&px, "out", "10.3.0.3/24");
     net.addr(&px, "out", "10.3.0.4/24");
+    net.addr(&px, "out", "fd00:3::2/64");
+    net.addr(&px, "out", "fd00:3::3/64");
+    net.addr(&org, "in", "fd00:3::1/64");
     let _origin = net.origin(&org, sa("10.3.0.1:8080"));
+    let _origin6 = net.origin(&org, sa("[fd00:3::1]:8080"));
     let config = format!(
         r#"
 [hosts]
@@ -184,12 +188,19 @@ fn source_pools_rotate_and_stick() {
 "h2.host.test" = "10.3.0.1"
 "h3.host.test" = "10.3.0.1"
 "gone.test" = "10.3.0.1"
+"random.test" = "10.3.0.1"
+"dual.test" = ["fd00:3::1", "10.3.0.1"]
 [acl]
 rr = {{ dstdomain = ["rr.test"] }}
 per_user = {{ dstdomain = ["user.test"] }}
 per_host = {{ dstdomain = [".host.test"] }}
 per_session = {{ dstdomain = ["sess.test"] }}
 gone = {{ dstdomain = ["gone.test"] }}
+random = {{ dstdomain = ["random.test"] }}
+dual = {{ dstdomain = ["dual.test"] }}
+[source_pool.random]
+addresses = ["10.3.0.2", "10.3.0.3", "10.3.0.4"]
+rotation = "random"
 [source_pool.rr]
 addresses = ["10.3.0.2", "10.3.0.3", "10.3.0.4"]
 [source_pool.user]
@@ -216,13 +227,41 @@ pool = "session"
 [[outgoing]]
 match = "gone"
 address = "10.3.0.99"
+[[outgoing]]
+match = "random"
+pool = "random"
+[[outgoing]]
+match = "dual"
+address = ["10.3.0.4", "fd00:3::3"]
+family = "{{FAMILY}}"
 [[listener]]
 bind = "127.0.0.1:3128"
 access = ["allow localhost", "deny all"]
 {LOG}"#
     );
-    let mut s = net.sekisho(&px, &config, sa("127.0.0.1:3128"));
+    let mut s = net.sekisho(&px, &config.replace("{FAMILY}", "any"), sa("127.0.0.1:3128"));
     let proxy = "http://127.0.0.1:3128";
+
+    // each destination family takes the source address of its own family
+    let (code, body) = get(&net, &px, proxy, "http://dual.test:8080/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        peer_of(&body),
+        "fd00:3::3",
+        "IPv6 first (as listed), from the IPv6 source"
+    );
+
+    // random: spread, and only pool addresses
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let (code, body) = get(&net, &px, proxy, "http://random.test:8080/", &[]);
+        assert_eq!(code, 200, "{body}");
+        seen.insert(peer_of(&body));
+    }
+    assert!(
+        seen.len() >= 2 && seen.iter().all(|a| a.starts_with("10.3.0.")),
+        "{seen:?}"
+    );
 
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..60 {
@@ -286,6 +325,13 @@ access = ["allow localhost", "deny all"]
         "{body}"
     );
     assert!(s.stderr().contains("10.3.0.99"), "{}", s.stderr());
+    s.stop();
+
+    // family = "ipv4": the IPv4 address of the name, from the IPv4 source
+    let mut s = net.sekisho(&px, &config.replace("{FAMILY}", "ipv4"), sa("127.0.0.1:3128"));
+    let (code, body) = get(&net, &px, proxy, "http://dual.test:8080/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(peer_of(&body), "10.3.0.4");
     s.stop();
 }
 
@@ -877,5 +923,147 @@ freebind = true
     assert!(
         plan.contains("ip route add default via 10.8.0.1 dev eth9 table 300 proto 201"),
         "{plan}"
+    );
+}
+
+/// A hand-written parent: answers each connection's first request head with
+/// `answer`, then echoes whatever follows. Returns its port and how many
+/// connections it accepted.
+fn fake_parent(answer: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                if s.write_all(answer).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+/// What parents answer: interim 1xx heads before a CONNECT's 200 are
+/// skipped; a parent's 407 (to a tunnel or a request) becomes 502, since its
+/// login is this proxy's business; other refusals reach the client; a parent
+/// that cannot be reached is left for a direct connection (no never_direct),
+/// and the log then names the origin, not the parent.
+#[test]
+fn parent_answers_and_fallback_to_direct() {
+    use crate::harness::{Origin, basic_config, raw, start};
+    let origin = Origin::start();
+    let child = |parent_port: u16, extra: &str| {
+        basic_config(&format!(
+            "[[parent]]\nname = \"fake\"\naddress = \"127.0.0.1:{parent_port}\"\n{extra}"
+        ))
+        .replace("format = \"squid\"", "format = \"%rm %ru %>Hs %Sh/%<A\"")
+    };
+    let connect = |p: &crate::harness::Sekisho| {
+        raw(
+            p.port,
+            b"CONNECT origin.test:9 HTTP/1.1\r\nHost: origin.test:9\r\n\r\nping",
+            Duration::from_secs(3),
+        )
+    };
+
+    let (port, _) = fake_parent(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Connection established\r\n\r\n");
+    let p = start(&child(port, "[egress]\nnever_direct = [\"allow all\"]\n"));
+    let got = connect(&p);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.ends_with("ping"),
+        "the tunnel carries bytes after the interim answers: {got}"
+    );
+
+    let (port, _) = fake_parent(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\n\r\n");
+    let p = start(&child(port, "[egress]\nnever_direct = [\"allow all\"]\n"));
+    let got = connect(&p);
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    let (code, body) = crate::harness::curl_status(&p.proxy(), &origin.url("/x"), &[]);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("refused this proxy's credentials"), "{body}");
+
+    let (port, _) = fake_parent(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+    let p = start(&child(port, "[egress]\nnever_direct = [\"allow all\"]\n"));
+    assert!(connect(&p).starts_with("HTTP/1.1 403"));
+
+    // nothing listens on the parent's port: direct, logged as direct
+    let dead = crate::harness::free_port();
+    let p = start(&child(dead, ""));
+    let (code, body) = crate::harness::curl_status(&p.proxy(), &origin.url("/fallback"), &[]);
+    assert_eq!(code, 200, "{body}");
+    logged(
+        || p.stdout(),
+        &format!("GET {} 200 HIER_DIRECT/127.0.0.1", origin.url("/fallback")),
+        1,
+    );
+    assert!(p.stderr().contains("parent proxy is down"), "{}", p.stderr());
+}
+
+/// Outgoing rules apply to connections to parents too, and a kept-alive
+/// connection to a parent is reused only for requests that chose the same
+/// source: the parent sees the sources alternate.
+#[test]
+fn parent_connections_keep_the_rotation() {
+    use crate::harness::{Origin, basic_config, curl_status, start};
+    let origin = Origin::start();
+    let parent = start(&basic_config("").replace("format = \"squid\"", "format = \"%>a %ru\""));
+    let child = start(&basic_config(&format!(
+        r#"
+[[parent]]
+name = "up"
+address = "127.0.0.1:{}"
+[egress]
+never_direct = ["allow all"]
+[source_pool.two]
+addresses = ["127.0.0.2", "127.0.0.3"]
+[[outgoing]]
+match = "all"
+pool = "two"
+"#,
+        parent.port
+    )));
+    for i in 0..6 {
+        let (code, body) = curl_status(&child.proxy(), &origin.url(&format!("/k{i}")), &[]);
+        assert_eq!(code, 200, "{body}");
+    }
+    let log = logged(|| parent.stdout(), "/k", 6);
+    let sources: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        sources,
+        [
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.2",
+            "127.0.0.3"
+        ],
+        "{log}"
+    );
+    assert!(
+        origin.connections() <= 2,
+        "the parent's pooled connections to the origin are reused"
     );
 }

@@ -2,7 +2,7 @@
 //! and `[pac]`.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 
 use http::HeaderValue;
 use ipnet::IpNet;
@@ -98,7 +98,7 @@ fn source_pools(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
             name,
             addresses,
             rotation,
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         });
     }
 }
@@ -137,6 +137,7 @@ fn uplinks(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
         let path = format!("uplink[{i}]");
         let name = match tab.str(cx, "name") {
             Some((s, span)) => {
+                check_name(cx, &format!("{path}.name"), s, span.clone());
                 if e.uplinks.iter().any(|u| u.name == s) {
                     cx.err(span, format!("uplink name `{s}` is used twice"));
                 }
@@ -176,7 +177,7 @@ fn uplinks(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
                                 span,
                                 format!("`{path}.gateway` {g} is not of the same family as the address {a}"),
                             );
-                        } else if !a.contains(&g) {
+                        } else if !a.contains(&g) && !is_link_local(g) {
                             cx.err(span, format!("`{path}.gateway` {g} is not on the link {}", a.trunc()));
                         }
                     }
@@ -210,7 +211,7 @@ fn uplinks(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
         }
         let mark = mark(cx, &mut tab);
         let priority = tab
-            .uint(cx, "priority", 1, 32765)
+            .uint(cx, "priority", 1, 32764)
             .map_or(1000 + 10 * i as u32, |p| p as u32);
         tab.finish(cx);
         if let (Some(interface), Some(address)) = (iface, address) {
@@ -224,6 +225,21 @@ fn uplinks(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
                 priority,
             });
         }
+    }
+}
+
+/// An IPv6 next hop is usually the router's link-local address.
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Names shown in logs, stats and commands: letters, digits, `.`, `_`, `-`.
+fn check_name(cx: &mut Cx, path: &str, s: &str, span: Span) {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        cx.err(
+            span,
+            format!("`{path}` = `{s}`: a name is 1-64 letters, digits, `.`, `_` or `-`"),
+        );
     }
 }
 
@@ -276,7 +292,7 @@ fn outgoing(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e
                     name: format!("{path}.address"),
                     addresses,
                     rotation: Rotation::RoundRobin,
-                    next: AtomicUsize::new(0),
+                    next: Default::default(),
                 });
             }
         }
@@ -298,7 +314,7 @@ fn outgoing(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e
                         name: format!("uplink {s}"),
                         addresses: vec![u.address.addr()],
                         rotation: Rotation::RoundRobin,
-                        next: AtomicUsize::new(0),
+                        next: Default::default(),
                     });
                 }
                 None => cx.err(span, format!("`{path}.uplink`: no `[[uplink]]` is named `{s}`")),
@@ -369,15 +385,19 @@ fn parents(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
     ];
     for (i, mut tab) in tables_of(cx, root, "parent", KEYS) {
         let path = format!("parent[{i}]");
-        let name = match tab.str(cx, "name") {
+        let (name, name_span) = match tab.str(cx, "name") {
             Some((s, span)) => {
-                if e.parents.iter().any(|p| &*p.name == s) {
-                    cx.err(span, format!("parent name `{s}` is used twice"));
-                }
-                s.to_string()
+                check_name(cx, &format!("{path}.name"), s, span.clone());
+                (s.to_string(), span)
             }
-            None => format!("parent{i}"),
+            None => (format!("parent{i}"), tab.span.clone()),
         };
+        if e.parents.iter().any(|p| *p.name == *name) {
+            cx.err(
+                name_span,
+                format!("parent name `{name}` is used twice (unnamed parents are parent0, parent1, ...)"),
+            );
+        }
         let target = match tab.str(cx, "address") {
             Some((s, span)) => match split_host_port(s) {
                 Some(hp) => Some(hp),
