@@ -13,3 +13,4 @@ pub mod observe;
 pub mod policy;
 pub mod relay;
 pub mod runtime;
+pub mod upstream;

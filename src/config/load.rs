@@ -17,6 +17,7 @@ use crate::observe::format::{LogFormat, Style};
 use crate::policy::acl::{self, Acl, AclKind, DomainPattern, Rules};
 
 mod egress;
+mod upstream;
 
 type Span = Range<usize>;
 type Val<'i> = Spanned<DeValue<'i>>;
@@ -310,6 +311,7 @@ const TOP: &[&str] = &[
     "parent",
     "egress",
     "pac",
+    "pool",
 ];
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
@@ -342,7 +344,8 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     }
     let tunnel_relay = tunnel(&mut cx, &mut root);
     let admin = admin(&mut cx, &mut root, &acls);
-    let listeners = listeners(&mut cx, &mut root, &acls, admin.as_ref());
+    let pools = upstream::pools(&mut cx, &mut root);
+    let listeners = listeners(&mut cx, &mut root, &acls, admin.as_ref(), &pools);
     let access_logs = access_logs(&mut cx, &mut root);
     let auth = auth(&mut cx, &mut root);
     check_auth_use(&mut cx, &acls, &listeners, admin.as_ref(), auth.is_some());
@@ -366,6 +369,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         auth,
         run_as,
         egress,
+        pools,
     })
 }
 
@@ -799,8 +803,41 @@ fn listeners(
     root: &mut Tab<'_, '_>,
     acls: &[(Acl, Option<Span>)],
     admin: Option<&AdminConfig>,
+    pools: &[crate::config::upstream::PoolConfig],
 ) -> Vec<ListenerConfig> {
-    const KEYS: &[&str] = &["name", "bind", "mode", "access", "proxy_protocol"];
+    const KEYS: &[&str] = &[
+        "name",
+        "bind",
+        "mode",
+        "access",
+        "proxy_protocol",
+        "routes",
+        "default_pool",
+        "forwarded_for",
+        "trusted_proxies",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "forwarded",
+        "capture_request_headers",
+        "capture_response_headers",
+        "capture_cookie",
+        "h2c",
+        "tls",
+    ];
+    const HTTP_ONLY: &[&str] = &[
+        "routes",
+        "default_pool",
+        "forwarded_for",
+        "trusted_proxies",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "forwarded",
+        "capture_request_headers",
+        "capture_response_headers",
+        "capture_cookie",
+        "h2c",
+        "tls",
+    ];
     let mut out: Vec<ListenerConfig> = Vec::new();
     let mut seen: Vec<(SocketAddr, Span)> = Vec::new();
     if let Some(a) = admin {
@@ -842,16 +879,47 @@ fn listeners(
         };
         let mode = match tab.str(cx, "mode") {
             Some(("forward", _)) | None => Mode::Forward,
+            Some(("http", _)) => Mode::Http,
+            Some(("https", _)) => Mode::Https,
             Some((s, span)) => {
                 cx.err(
                     span,
-                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward"),
+                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward, http, https"),
                 );
                 Mode::Forward
             }
         };
-        let access = rules(cx, &mut tab, acls, &["allow localhost", "deny all"]);
+        let default_access: &[&str] = if mode == Mode::Forward {
+            &["allow localhost", "deny all"]
+        } else {
+            &["allow all"]
+        };
+        let access = rules(cx, &mut tab, acls, default_access);
         let proxy_protocol = proxy_protocol(cx, &mut tab, acls);
+        let lpath = format!("listener[{i}]");
+        let (http, tls) = match mode {
+            Mode::Forward => {
+                for key in HTTP_ONLY {
+                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
+                        tab.used.push(key);
+                        cx.err(span, format!("`{lpath}.{key}` is for `http` and `https` listeners"));
+                    }
+                }
+                (None, None)
+            }
+            Mode::Http => {
+                let h = upstream::http_listener(cx, &mut tab, &lpath, pools, acls);
+                if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == "tls").map(|(k, _)| k.span()) {
+                    tab.used.push("tls");
+                    cx.err(span, format!("`{lpath}.tls` needs `mode = \"https\"`"));
+                }
+                (Some(Arc::new(h)), None)
+            }
+            Mode::Https => {
+                let h = upstream::http_listener(cx, &mut tab, &lpath, pools, acls);
+                (Some(Arc::new(h)), upstream::tls(cx, &mut tab, &lpath))
+            }
+        };
         tab.finish(cx);
         if let Some(bind) = bind {
             out.push(ListenerConfig {
@@ -860,6 +928,8 @@ fn listeners(
                 mode,
                 access,
                 proxy_protocol,
+                http,
+                tls,
             });
         }
     }

@@ -7,6 +7,7 @@
 mod diag;
 pub mod egress;
 mod load;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +45,8 @@ pub struct Config {
     pub run_as: Option<RunAs>,
     /// Outgoing addresses, parents, uplinks, the PAC file.
     pub egress: egress::Egress,
+    /// `[pool.NAME]`: server pools of the load balancer.
+    pub pools: Vec<upstream::PoolConfig>,
 }
 
 /// `user` / `group`: who the daemon becomes after binding its sockets.
@@ -137,6 +140,10 @@ pub struct AdminConfig {
 pub enum Mode {
     /// An HTTP forward proxy (absolute-form requests and CONNECT).
     Forward,
+    /// A reverse proxy / load balancer for HTTP.
+    Http,
+    /// The same behind TLS termination.
+    Https,
 }
 
 /// One listening socket.
@@ -148,6 +155,10 @@ pub struct ListenerConfig {
     pub access: Rules,
     /// Whether (and from whom) a PROXY protocol header is expected.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// Routes, forwarding headers and captures of `http`/`https` listeners.
+    pub http: Option<Arc<upstream::HttpListener>>,
+    /// TLS termination of `https` listeners.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// `[listener.proxy_protocol]`: the PROXY protocol (v1 and v2) in front of the listener.

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{Config, Timeouts};
+use crate::config::{Config, Mode, Timeouts};
 use crate::front::forward;
 use crate::listen::Session;
 use crate::observe::record::Record;
@@ -108,6 +108,90 @@ pub struct Conn {
     pub cfg: Arc<Config>,
     pub session: Session,
     pub activity: Activity,
+    /// What the TLS handshake settled, on `https` listeners.
+    pub tls: Option<Arc<crate::listen::tls::Negotiated>>,
+}
+
+/// Bytes already read from a socket, served before the socket's own.
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The client's byte stream: the socket itself, or TLS over it.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Conn {
@@ -129,7 +213,7 @@ impl Conn {
 
 /// The client socket as hyper sees it: notes the first bytes of each request.
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     conn: Arc<Conn>,
     /// Bytes read before hyper took over (after a PROXY header), served first.
     prefix: Vec<u8>,
@@ -306,11 +390,65 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         Vec::new()
     };
     let timeouts = cfg.timeouts;
+    let listener = &cfg.listeners[session.listener];
+    let mode = listener.mode;
+    let mut prefix = prefix;
+    let (stream, tls) = match listener.tls.clone() {
+        None => (ClientStream::Plain(stream), None),
+        Some(tls_cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+            let io = Prefixed {
+                prefix: std::mem::take(&mut prefix),
+                inner: stream,
+            };
+            match tokio::time::timeout(timeouts.client_header, acceptor.accept(io)).await {
+                Ok(Ok(s)) => {
+                    let n = crate::listen::tls::negotiated(s.get_ref().1);
+                    (ClientStream::Tls(Box::new(s)), Some(Arc::new(n)))
+                }
+                // a connection closed before any handshake (a port probe, a
+                // balancer's TCP check) is no transaction
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(e)) => {
+                    refuse_connection(
+                        &state,
+                        &cfg,
+                        &session,
+                        "error:tls-handshake",
+                        b"CR",
+                        &format!("TLS handshake failed: {e}"),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    refuse_connection(
+                        &state,
+                        &cfg,
+                        &session,
+                        "error:tls-handshake",
+                        b"cR",
+                        "no TLS handshake in time",
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    let h2 = match (&tls, &stream) {
+        (Some(n), _) => n.alpn.as_deref() == Some("h2"),
+        (None, ClientStream::Plain(s)) if listener.http.as_ref().is_some_and(|h| h.h2c) => {
+            sniff_h2c(s, &mut prefix, timeouts.client_header).await
+        }
+        _ => false,
+    };
+    state.listener_conn(session.listener, true);
+    let _listener_conn = ListenerConn(state.clone(), session.listener);
     let conn = Arc::new(Conn {
         state: state.clone(),
         cfg,
         session,
         activity: Activity::new(),
+        tls,
     });
     // the accept itself starts the clock for the first request
     conn.activity.since.store(0, Relaxed);
@@ -323,8 +461,17 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
     let c2 = conn.clone();
     let svc = service_fn(move |req| {
         let c = c2.clone();
-        async move { Ok::<_, Infallible>(forward::handle(c, req).await) }
+        async move {
+            Ok::<_, Infallible>(match mode {
+                Mode::Forward => forward::handle(c, req).await,
+                Mode::Http | Mode::Https => crate::front::http::handle(c, req).await,
+            })
+        }
     });
+    if h2 {
+        serve_h2(&state, &conn, io, svc, &timeouts).await;
+        return;
+    }
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -355,6 +502,84 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
                     break;
                 }
                 check.as_mut().reset(conn.activity.next_check(&timeouts).into());
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Counts a connection against its listener while it lives (`%fc`).
+struct ListenerConn(Arc<State>, usize);
+
+impl Drop for ListenerConn {
+    fn drop(&mut self) {
+        self.0.listener_conn(self.1, false);
+    }
+}
+
+/// The client connection preface of HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads enough of a clear-text connection to tell HTTP/2 prior knowledge
+/// from HTTP/1.x; what was read is kept in `prefix` for the server to see.
+async fn sniff_h2c(s: &TcpStream, prefix: &mut Vec<u8>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    while prefix.len() < H2_PREFACE.len() {
+        if !H2_PREFACE.starts_with(prefix) {
+            return false;
+        }
+        let ready = tokio::time::timeout_at(deadline, s.readable()).await;
+        if !matches!(ready, Ok(Ok(()))) {
+            return false;
+        }
+        match s.try_read(&mut buf[..H2_PREFACE.len() - prefix.len()]) {
+            Ok(0) => return false,
+            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+    prefix.as_slice() == H2_PREFACE
+}
+
+/// Serves an HTTP/2 connection until it ends or the daemon stops.
+async fn serve_h2<S>(state: &State, conn: &Arc<Conn>, io: TokioIo<ClientIo>, svc: S, timeouts: &Timeouts)
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::front::txn::ProxyBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(None);
+    let served = builder.serve_connection(io, svc);
+    tokio::pin!(served);
+    let mut stop = state.shutdown_signal();
+    let mut stopping = *stop.borrow();
+    if stopping {
+        served.as_mut().graceful_shutdown();
+    }
+    let check = tokio::time::sleep_until(conn.activity.next_check(timeouts).into());
+    tokio::pin!(check);
+    loop {
+        tokio::select! {
+            r = &mut served => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %conn.session.client, "HTTP/2 connection ended: {e}");
+                }
+                break;
+            }
+            _ = &mut check => {
+                if conn.activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                    served.as_mut().graceful_shutdown();
+                }
+                check.as_mut().reset(conn.activity.next_check(timeouts).into());
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;

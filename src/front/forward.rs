@@ -18,7 +18,7 @@ use crate::config::{Config, ForwardedFor};
 use crate::egress::connect::{self, AttemptError};
 use crate::egress::outgoing::{self, StickyKeys};
 use crate::egress::parent::{self, ParentStream};
-use crate::front::conn::{Conn, UpgradeIo};
+use crate::front::conn::{ClientStream, Conn, UpgradeIo};
 use crate::front::error_page;
 use crate::front::txn::{ProxyBody, Txn};
 use crate::observe::counters::Counters;
@@ -911,10 +911,16 @@ async fn tunnel(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody>
                     } else {
                         std::borrow::Cow::Owned([&parts.read_buf[..], &prefix].concat())
                     };
+                    let ClientStream::Plain(client_tcp) = io.stream else {
+                        // forward listeners never speak TLS to their clients
+                        txn.rec.termination = *b"PD";
+                        drop(txn);
+                        return;
+                    };
                     let outcome = match server {
-                        TunnelEnd::Direct(tcp) => tunnel::relay(io.stream, tcp, &early, idle, method).await,
+                        TunnelEnd::Direct(tcp) => tunnel::relay(client_tcp, tcp, &early, idle, method).await,
                         TunnelEnd::Parent(stream, from_parent) => {
-                            let mut client = io.stream;
+                            let mut client = client_tcp;
                             // bytes the parent sent past its answer are the origin's
                             if !from_parent.is_empty() {
                                 if client.write_all(&from_parent).await.is_err() {

@@ -4,4 +4,5 @@
 pub mod conn;
 pub mod error_page;
 pub mod forward;
+pub mod http;
 pub mod txn;

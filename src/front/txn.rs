@@ -22,6 +22,8 @@ pub struct Txn {
     pub started: Instant,
     /// Request body bytes, counted while they stream upstream.
     pub req_body: Option<Arc<AtomicU64>>,
+    /// The server slot a load-balanced request holds until it ends.
+    pub slot: Option<crate::upstream::backend::Slot>,
     /// Whether this transaction holds the connection's in-flight mark.
     in_flight: bool,
 }
@@ -33,6 +35,7 @@ impl Txn {
             rec,
             started: Instant::now(),
             req_body: None,
+            slot: None,
             in_flight: true,
         }
     }
@@ -63,6 +66,18 @@ impl Drop for Txn {
         rec.total = conn.session.accepted.elapsed();
         if let Some(c) = &self.req_body {
             rec.bytes_from_client += c.load(Relaxed);
+        }
+        if let Some(slot) = &self.slot {
+            let b = &slot.backend;
+            let s = slot.server();
+            rec.counts = Some([
+                conn.state.counters.active.load(Relaxed) as u32,
+                conn.state.listener_active(conn.session.listener),
+                b.active.load(Relaxed),
+                s.active.load(Relaxed),
+                0,
+                b.queued.load(Relaxed),
+            ]);
         }
         let counters = &conn.state.counters;
         Counters::inc(&counters.transactions);

@@ -14,6 +14,7 @@ use crate::front;
 use crate::runtime::State;
 
 pub mod proxy_protocol;
+pub mod tls;
 
 /// What a trusted PROXY protocol header said about a connection.
 #[derive(Clone, Debug)]

@@ -340,3 +340,68 @@ mod tests {
         assert!(matches!(parse(&bad_ver), Parsed::Invalid(_)));
     }
 }
+
+/// The PROXY header (version 1 or 2) sekisho sends to a server for a
+/// connection from `src` to `dst`: v1 text (`PROXY TCP4 ...`), or v2 binary
+/// with the PROXY command and no TLV. Mixed families become v1 `UNKNOWN` / v2 LOCAL.
+pub fn encode(version: u8, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    use crate::policy::acl::canonical;
+    let (s, d) = (canonical(src.ip()), canonical(dst.ip()));
+    if version == 1 {
+        return match (s, d) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                format!("PROXY TCP4 {a} {b} {} {}\r\n", src.port(), dst.port()).into_bytes()
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                format!("PROXY TCP6 {a} {b} {} {}\r\n", src.port(), dst.port()).into_bytes()
+            }
+            _ => b"PROXY UNKNOWN\r\n".to_vec(),
+        };
+    }
+    let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match (s, d) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+            out.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            out.extend_from_slice(&a.octets());
+            out.extend_from_slice(&b.octets());
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+            out.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            out.extend_from_slice(&a.octets());
+            out.extend_from_slice(&b.octets());
+        }
+        _ => {
+            out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+            return out;
+        }
+    }
+    out.extend_from_slice(&src.port().to_be_bytes());
+    out.extend_from_slice(&dst.port().to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod encode_tests {
+    use super::*;
+
+    #[test]
+    fn encoded_headers_parse_back() {
+        let src: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let dst: SocketAddr = "198.51.100.2:80".parse().unwrap();
+        assert_eq!(
+            encode(1, src, dst),
+            b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 80\r\n".to_vec()
+        );
+        for v in [1, 2] {
+            for (s, d) in [
+                (src, dst),
+                ("[2001:db8::1]:1".parse().unwrap(), "[2001:db8::2]:2".parse().unwrap()),
+            ] {
+                match parse(&encode(v, s, d)) {
+                    Parsed::Done(h, _) => assert_eq!(h.addrs, Some((s, d)), "v{v}"),
+                    other => panic!("v{v}: {other:?}"),
+                }
+            }
+        }
+    }
+}

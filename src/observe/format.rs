@@ -83,9 +83,12 @@ impl std::error::Error for FormatError {}
 
 const PRESET_SQUID: &str = "%{%Y/%m/%d %H:%M:%S}tl %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt";
 const PRESET_COMMON: &str = "%>a - %[un [%tl] \"%rm %ru HTTP/%rv\" %>Hs %<st %Ss:%Sh";
-const PRESET_HTTPLOG: &str = "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B - - %tsc %{+Q}r";
+const PRESET_HTTPLOG: &str =
+    "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs %{+Q}r";
+/// The HAProxy line of the TLS-statistics seed: timers, counts, captures and the TLS version and cipher.
+const PRESET_HTTPLOG_TLS: &str = "%ci:%cp [%t] %ft %b/%s %Tq/%Tw/%Tc/%Tr/%Tt %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs SSL:{%sslv,%sslc} %{+Q}r";
 
-const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "json"];
+const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "httplog-tls", "json"];
 
 /// Default strftime pattern of Squid's `%tl`/`%tg`.
 const SQUID_DATE: &str = "%d/%b/%Y:%H:%M:%S %z";
@@ -106,6 +109,7 @@ impl LogFormat {
             "squid" => LogFormat::parse(PRESET_SQUID, Style::Squid).ok(),
             "common" => LogFormat::parse(PRESET_COMMON, Style::Squid).ok(),
             "httplog" => LogFormat::parse(PRESET_HTTPLOG, Style::Haproxy).ok(),
+            "httplog-tls" => LogFormat::parse(PRESET_HTTPLOG_TLS, Style::Haproxy).ok(),
             "json" => Some(LogFormat {
                 kind: Kind::Json(DateFmt::new(JSON_DATE, false).ok()?),
             }),
@@ -238,8 +242,23 @@ enum Code {
     /// Always absent (HAProxy `%b`: sekisho has no backends yet).
     Absent,
     Termination,
-    /// Termination state plus the two cookie characters (`--`).
+    /// Termination state plus the two persistence-cookie characters.
     TermCookie,
+    /// Load balancing: pool name (`%b`), retries (`%rc`), a connection or
+    /// queue count (`%ac %fc %bc %sc %sq %bq`, by index).
+    Backend,
+    Retries,
+    Count(usize),
+    /// Captured headers `{a|b}` (`%hr`, `%hs`) and cookies (`%CC`, `%CS`).
+    CapturedRequest,
+    CapturedResponse,
+    CookieRequest,
+    CookieResponse,
+    /// TLS: version, cipher, SNI, ALPN.
+    TlsVersion,
+    TlsCipher,
+    TlsSni,
+    TlsAlpn,
     Pid(u32),
 }
 
@@ -262,6 +281,8 @@ impl Code {
                 | Code::BytesFromClient
                 | Code::BytesTotal
                 | Code::Pid(_)
+                | Code::Retries
+                | Code::Count(_)
         )
     }
 
@@ -330,6 +351,50 @@ impl Code {
                 (None, Some(up)) => push_ip(out, up.ip()),
                 (None, None) => {}
             },
+            Code::Server if rec.server.is_some() => {
+                if let Some(n) = &rec.server {
+                    out.extend_from_slice(n.as_bytes());
+                }
+            }
+            Code::Backend => {
+                if let Some(b) = &rec.backend {
+                    out.extend_from_slice(b.as_bytes());
+                }
+            }
+            Code::Retries => push_u64(out, u64::from(rec.retries)),
+            Code::Count(i) => push_u64(out, u64::from(rec.counts.map_or(0, |c| c[*i]))),
+            Code::CapturedRequest => captured(out, &rec.captures_request),
+            Code::CapturedResponse => captured(out, &rec.captures_response),
+            Code::CookieRequest => {
+                if let Some(c) = &rec.cookie_request {
+                    out.extend_from_slice(c.as_bytes());
+                }
+            }
+            Code::CookieResponse => {
+                if let Some(c) = &rec.cookie_response {
+                    out.extend_from_slice(c.as_bytes());
+                }
+            }
+            Code::TlsVersion => {
+                if let Some(v) = rec.tls.as_ref().and_then(|t| t.version) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            Code::TlsCipher => {
+                if let Some(v) = rec.tls.as_ref().and_then(|t| t.cipher) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            Code::TlsSni => {
+                if let Some(v) = rec.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            Code::TlsAlpn => {
+                if let Some(v) = rec.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
             Code::Server => match rec.upstream {
                 Some(up) => push_sockaddr(out, up.ip(), up.port()),
                 None => out.extend_from_slice(b"<NOSRV>"),
@@ -394,11 +459,26 @@ impl Code {
             Code::Termination => out.extend_from_slice(&rec.termination),
             Code::TermCookie => {
                 out.extend_from_slice(&rec.termination);
-                out.extend_from_slice(b"--");
+                out.extend_from_slice(&rec.cookie_state);
             }
             Code::Pid(pid) => push_u64(out, u64::from(*pid)),
         }
     }
+}
+
+/// HAProxy's captured-header block: `{first|second}`; nothing without captures.
+fn captured(out: &mut Vec<u8>, values: &[String]) {
+    if values.is_empty() {
+        return;
+    }
+    out.push(b'{');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b'|');
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.push(b'}');
 }
 
 fn time_of(rec: &Record, w: When) -> SystemTime {
@@ -1163,8 +1243,22 @@ fn haproxy_code(name: &str) -> Result<Code, String> {
         "bi" => Code::UpstreamLocalIp,
         "bp" => Code::UpstreamLocalPort,
         "ft" => Code::Listener,
-        "b" => Code::Absent,
+        "b" => Code::Backend,
         "s" => Code::Server,
+        "rc" => Code::Retries,
+        "ac" => Code::Count(0),
+        "fc" => Code::Count(1),
+        "bc" => Code::Count(2),
+        "sc" => Code::Count(3),
+        "sq" => Code::Count(4),
+        "bq" => Code::Count(5),
+        "hr" => Code::CapturedRequest,
+        "hs" => Code::CapturedResponse,
+        "CC" => Code::CookieRequest,
+        "CS" => Code::CookieResponse,
+        "sslv" => Code::TlsVersion,
+        "sslc" => Code::TlsCipher,
+        "Tq" => Code::Millis(Span::Request),
         "t" => date(When::Accept)?,
         "tr" => date(When::Request)?,
         "Ts" => Code::Epoch(When::Accept),
@@ -1260,7 +1354,27 @@ fn parse_haproxy(fmt: &str) -> Result<Vec<Tok>, FormatError> {
             i = open + close + 1;
         }
         if i < b.len() && b[i] == b'[' {
-            return Err(err(pct, "sample expressions %[...] are not supported"));
+            let close = fmt[i..]
+                .find(']')
+                .ok_or_else(|| err(i, "unterminated '[' (missing ']')"))?;
+            let code = match fmt[i + 1..i + close].trim() {
+                "ssl_fc_sni" => Code::TlsSni,
+                "ssl_fc_alpn" => Code::TlsAlpn,
+                "ssl_fc_protocol" => Code::TlsVersion,
+                "ssl_fc_cipher" => Code::TlsCipher,
+                other => {
+                    return Err(err(
+                        pct,
+                        format!(
+                            "sample expression %[{other}] is not supported; supported: ssl_fc_sni, ssl_fc_alpn, ssl_fc_protocol, ssl_fc_cipher"
+                        ),
+                    ));
+                }
+            };
+            i += close + 1;
+            flush_lit(&mut lit, &mut toks);
+            toks.push(Tok::Hap(HapField { code, opts }));
+            continue;
         }
         let name_len = b[i..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
         if name_len == 0 {
@@ -1385,6 +1499,31 @@ fn render_json(date: &DateFmt, rec: &Record, out: &mut Vec<u8>) {
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "backend");
+    match &rec.backend {
+        Some(b) => json_bytes(out, b.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "server");
+    match &rec.server {
+        Some(b) => json_bytes(out, b.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    json_key(out, false, "retries");
+    push_u64(out, u64::from(rec.retries));
+    let tls = rec.tls.as_deref();
+    for (k, v) in [
+        ("tls_version", tls.and_then(|t| t.version)),
+        ("tls_cipher", tls.and_then(|t| t.cipher)),
+        ("sni", tls.and_then(|t| t.sni.as_deref())),
+        ("alpn", tls.and_then(|t| t.alpn.as_deref())),
+    ] {
+        json_key(out, false, k);
+        match v {
+            Some(v) => json_bytes(out, v.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
     }
     json_key(out, false, "source");
     match rec.upstream_local {
@@ -1801,7 +1940,7 @@ mod tests {
         let f = LogFormat::preset("httplog").unwrap();
         let r = full();
         let want = format!(
-            "192.0.2.10:51234 [{}] main -/93.184.216.34:80 1/0/5/30/42 200 1234 - - ---- \
+            "192.0.2.10:51234 [{}] main -/93.184.216.34:80 1/0/5/30/42 200 1234 - - ---- 0/0/0/0/0 0/0 - - \
              \"GET http://example.com/a/b?x=1 HTTP/1.1\"",
             local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f")
         );
@@ -1809,7 +1948,7 @@ mod tests {
 
         let r = bare();
         let want = format!(
-            "192.0.2.10:51234 [{}] main -/<NOSRV> -1/-1/-1/-1/0 -1 0 - - ---- \
+            "192.0.2.10:51234 [{}] main -/<NOSRV> -1/-1/-1/-1/0 -1 0 - - ---- 0/0/0/0/0 0/0 - - \
              \"GET / HTTP/1.1\"",
             local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f")
         );
@@ -1851,7 +1990,10 @@ mod tests {
         assert_eq!(v["timers"], serde_json::json!({"TR": 1, "Tw": 0, "Tc": 5, "Tr": 30}));
         assert_eq!(v["source"], serde_json::Value::Null);
         assert_eq!(v["parent"], serde_json::Value::Null);
-        assert_eq!(v.as_object().unwrap().len(), 23);
+        assert_eq!(v["backend"], serde_json::Value::Null);
+        assert_eq!(v["retries"], 0);
+        assert_eq!(v["tls_version"], serde_json::Value::Null);
+        assert_eq!(v.as_object().unwrap().len(), 30);
     }
 
     #[test]

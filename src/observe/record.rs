@@ -118,6 +118,25 @@ pub struct Record {
     pub upstream_local: Option<SocketAddr>,
     /// The parent proxy the request went through (`%<A`; the upstream address when direct).
     pub parent: Option<Arc<str>>,
+    /// Load balancing: the pool (`%b`) and server (`%s`) names, and how many
+    /// times the request was tried again on another server (`%rc`).
+    pub backend: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
+    pub retries: u32,
+    /// Connection counts when the record was written: process, listener,
+    /// pool, server (`%ac %fc %bc %sc`), then the server and pool queues (`%sq %bq`).
+    pub counts: Option<[u32; 6]>,
+    /// Captured request and response headers (`%hr`, `%hs`), in configured order.
+    pub captures_request: Vec<String>,
+    pub captures_response: Vec<String>,
+    /// Captured cookie `NAME=value` from the request and the response (`%CC`, `%CS`).
+    pub cookie_request: Option<String>,
+    pub cookie_response: Option<String>,
+    /// The persistence cookie's state on the request and the response (the
+    /// last two characters of `%tsc`; `--` without cookie persistence).
+    pub cookie_state: [u8; 2],
+    /// What the TLS handshake settled (`%sslv`, `%sslc`), on `https` listeners.
+    pub tls: Option<Arc<crate::listen::tls::Negotiated>>,
     /// The response's Content-Type (`%mt`).
     pub content_type: Option<HeaderValue>,
     /// HAProxy termination state (`%ts`, two characters: who ended it, in which phase).
@@ -151,6 +170,16 @@ impl Record {
             upstream: None,
             upstream_local: None,
             parent: None,
+            backend: None,
+            server: None,
+            retries: 0,
+            counts: None,
+            captures_request: Vec::new(),
+            captures_response: Vec::new(),
+            cookie_request: None,
+            cookie_response: None,
+            cookie_state: *b"--",
+            tls: None,
             content_type: None,
             termination: *b"--",
             relayed: None,

@@ -138,7 +138,8 @@ where
 {
     let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // with upgrades: a 101 answer (WebSocket) hands the socket over
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
         }
     });

@@ -24,6 +24,10 @@ pub struct State {
     pub log: AccessLog,
     pub resolver: Resolver,
     pub pool: Pool,
+    /// The load balancer's pools at run time, by config index.
+    pub backends: Vec<Arc<crate::upstream::backend::Backend>>,
+    /// Client connections open now, per listener (`%fc`).
+    listener_conns: Vec<std::sync::atomic::AtomicU32>,
     shutdown: watch::Sender<bool>,
     drained: Notify,
 }
@@ -46,7 +50,11 @@ impl State {
     pub fn new(config: Config, log: AccessLog) -> Arc<State> {
         let resolver = Resolver::new(&config.resolver);
         let (shutdown, _) = watch::channel(false);
+        let backends = crate::upstream::backend::build(&config.pools);
+        let listener_conns = config.listeners.iter().map(|_| Default::default()).collect();
         Arc::new(State {
+            backends,
+            listener_conns,
             config: ArcSwap::from_pointee(config),
             counters: Counters::default(),
             log,
@@ -61,6 +69,22 @@ impl State {
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.counters.active.fetch_add(1, Relaxed);
         Busy { state: self.clone() }
+    }
+
+    /// One more (or, with `open = false`, one less) client connection on a listener.
+    pub fn listener_conn(&self, listener: usize, open: bool) {
+        if let Some(c) = self.listener_conns.get(listener) {
+            if open {
+                c.fetch_add(1, Relaxed);
+            } else {
+                c.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Client connections open now on a listener.
+    pub fn listener_active(&self, listener: usize) -> u32 {
+        self.listener_conns.get(listener).map_or(0, |c| c.load(Relaxed))
     }
 
     /// A receiver that sees `true` once shutdown has begun.
@@ -210,6 +234,7 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         });
     }
     tokio::spawn(reload_on_sighup(auth));
+    crate::upstream::health::start(&state, &state.backends);
     if let Some(every) = state.config.load().egress.parent_check_interval {
         tokio::spawn(crate::egress::parent::check_loop(state.clone(), every));
     }

@@ -285,6 +285,14 @@ async fn origin_service(req: Request<Incoming>, conn_id: usize, peer: SocketAddr
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(full(""))
         }
+        "/setcookie" => {
+            // the application's session cookie, for stickiness tests
+            let v = q.get("v").cloned().unwrap_or_else(|| "s1".into());
+            let mut r = Response::new(full(format!("cookie {v}")));
+            r.headers_mut()
+                .insert("set-cookie", format!("JSESSIONID={v}; Path=/").parse().unwrap());
+            r
+        }
         "/status" => {
             let code: u16 = q.get("code").and_then(|v| v.parse().ok()).unwrap_or(200);
             let mut r = Response::new(full(format!("status {code}")));

@@ -11,6 +11,7 @@ mod failover;
 mod forward;
 mod harness;
 mod headers;
+mod lb;
 mod lifecycle;
 mod log;
 mod netns;

@@ -1,0 +1,704 @@
+//! The reverse proxy of `http` and `https` listeners: a request is routed by
+//! host and path prefix to a pool, a server is chosen (sticky server first,
+//! else the pool's algorithm; waiting in the pool's queue when every server
+//! is full), and the request goes over a pooled keep-alive connection with
+//! the client's identity added (`X-Forwarded-For` & co). Idempotent requests
+//! that fail before any response byte are retried on another server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::config::upstream::{HashKey, HttpListener, XffMode};
+use crate::egress::connect;
+use crate::front::conn::Conn;
+use crate::front::error_page;
+use crate::front::txn::{ProxyBody, Txn};
+use crate::observe::counters::Counters;
+use crate::observe::record::ResultCode;
+use crate::policy::acl::Facts;
+use crate::relay::body::ReqBody;
+use crate::relay::headers::strip_hop_by_hop;
+use crate::relay::pool::{self, Key, Sender};
+use crate::upstream::backend::{Backend, NoServer, Slot, Sticky, source_key};
+use crate::upstream::balance::Algorithm;
+
+/// Serves one request of an `http`/`https` listener.
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let head_time = conn.activity.begin();
+    let mut rec = conn.record();
+    rec.method = req.method().clone();
+    rec.uri = req.uri().clone();
+    rec.version = req.version();
+    rec.timers.request = Some(head_time);
+    rec.bytes_from_client = head_len(&req);
+    rec.tls = conn.tls.clone();
+    let txn = Txn::new(conn, rec);
+    serve(txn, req).await
+}
+
+fn head_len<B>(req: &Request<B>) -> u64 {
+    let u = req.uri();
+    let target = u.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 11;
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + headers + 2) as u64
+}
+
+/// A page from the proxy itself.
+fn page(mut txn: Txn, status: StatusCode, termination: &[u8; 2], detail: &str) -> Response<ProxyBody> {
+    let (resp, body) = error_page::render(status, detail, &txn.conn.cfg.visible_hostname);
+    txn.rec.status = status.as_u16();
+    txn.rec.result = if status == StatusCode::FORBIDDEN {
+        ResultCode::TcpDenied
+    } else {
+        ResultCode::TcpMissError
+    };
+    txn.rec.termination = *termination;
+    txn.rec.content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    txn.rec.bytes_to_client += 60 + body.len() as u64;
+    let (parts, ()) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::full(body, txn))
+}
+
+/// The request's host, lower case, without port, brackets or trailing dot.
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port)
+            .unwrap_or_default(),
+    };
+    raw.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// `name:port` -> `name`; `[v6]:port` -> `[v6]`.
+fn strip_port(h: &str) -> String {
+    if h.starts_with('[') {
+        return h.split_inclusive(']').next().unwrap_or(h).to_string();
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name.to_string(),
+        _ => h.to_string(),
+    }
+}
+
+/// The pool a request goes to.
+fn route(h: &HttpListener, host: &str, path: &str) -> Option<usize> {
+    h.routes
+        .iter()
+        .find(|r| r.host.as_ref().is_none_or(|p| p.matches(host)) && path.starts_with(&r.path_prefix))
+        .map(|r| r.pool)
+        .or(h.default_pool)
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The value of cookie `name` set by a response's `Set-Cookie` headers.
+fn response_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+fn truncate(s: &str, len: usize) -> String {
+    let mut end = s.len().min(len);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What stickiness decided before balancing.
+struct StickyChoice {
+    /// The server the request sticks to, if any.
+    server: Option<usize>,
+    /// The learnt/source key to store after the response.
+    key: Option<Vec<u8>>,
+    /// Inserted cookie: first-seen time carried in the request's cookie.
+    first_seen: Option<u64>,
+    /// The request's cookie status (HAProxy's third termination character).
+    req_state: u8,
+}
+
+fn sticky_choice(b: &Backend, req: &Request<Incoming>, client: std::net::IpAddr) -> StickyChoice {
+    let mut c = StickyChoice {
+        server: None,
+        key: None,
+        first_seen: None,
+        req_state: b'-',
+    };
+    match &b.sticky {
+        None => {}
+        Some(Sticky::Learn { cookie, table }) => {
+            c.req_state = b'N';
+            if let Some(v) = request_cookie(req.headers(), cookie) {
+                c.key = Some(v.as_bytes().to_vec());
+                match table.lookup(v.as_bytes()) {
+                    Some(s) => {
+                        c.server = Some(s as usize);
+                        c.req_state = b'V';
+                    }
+                    None => c.req_state = b'I',
+                }
+            }
+        }
+        Some(Sticky::Insert { cookie, codec, .. }) => {
+            c.req_state = b'N';
+            if let Some(v) = request_cookie(req.headers(), cookie) {
+                match codec.decode(v, unix_now()) {
+                    Some((part, first)) => {
+                        c.first_seen = first;
+                        match b.servers.iter().position(|s| codec.matches(part, s.cfg.addr)) {
+                            Some(i) => {
+                                c.server = Some(i);
+                                c.req_state = b'V';
+                            }
+                            None => c.req_state = b'I',
+                        }
+                    }
+                    None => c.req_state = b'E',
+                }
+            }
+        }
+        Some(Sticky::Source(table)) => {
+            let k = source_key(client);
+            c.server = table.lookup(&k).map(|s| s as usize);
+            c.key = Some(k);
+        }
+    }
+    if let Some(s) = c.server
+        && !b.servers.get(s).is_some_and(|s| s.is_up())
+    {
+        // the sticky server is down: balance, and the stickiness is rewritten
+        c.req_state = b'D';
+    }
+    c
+}
+
+/// The bytes the pool's algorithm hashes.
+fn hash_key(b: &Backend, req: &Request<Incoming>, client: std::net::IpAddr, host: &str) -> Vec<u8> {
+    match b.balancer.algorithm() {
+        Algorithm::Source => source_key(client),
+        Algorithm::Uri => req
+            .uri()
+            .path_and_query()
+            .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
+        Algorithm::Hash => match &b.cfg.hash_key {
+            HashKey::Source => source_key(client),
+            HashKey::Uri => req
+                .uri()
+                .path_and_query()
+                .map_or(b"/".to_vec(), |p| p.as_str().as_bytes().to_vec()),
+            HashKey::Host => host.as_bytes().to_vec(),
+            HashKey::Header(h) => req.headers().get(h).map_or(Vec::new(), |v| v.as_bytes().to_vec()),
+            HashKey::Cookie(c) => request_cookie(req.headers(), c).map_or(Vec::new(), |v| v.as_bytes().to_vec()),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a request may be sent again after a failure (RFC 9110 idempotent methods).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Adds the client-identity headers after hop-by-hop removal, so a
+/// `Connection` header naming them cannot strip them.
+fn add_identity(h: &mut HeaderMap, l: &HttpListener, conn: &Conn, host: &str) {
+    let client = conn.session.client.ip();
+    let f = &l.forwarding;
+    let facts = Facts {
+        src: client,
+        method: &Method::GET,
+        host: "",
+        port: 0,
+        dst: None,
+        user: None,
+    };
+    let trusted = !f.trusted.rules.is_empty() && f.trusted.check(&conn.cfg.acls, &facts).is_allow();
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    let xff = HeaderName::from_static("x-forwarded-for");
+    match f.xff {
+        XffMode::Off => {}
+        XffMode::Replace => {
+            h.remove(&xff);
+            if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+                h.insert(&xff, v);
+            }
+        }
+        XffMode::Append => {
+            let prior: Vec<String> = if trusted {
+                h.get_all(&xff)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            h.remove(&xff);
+            let mut v = prior.join(", ");
+            if !v.is_empty() {
+                v.push_str(", ");
+            }
+            v.push_str(&client.to_string());
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(&xff, v);
+            }
+        }
+    }
+    if f.x_forwarded_proto {
+        h.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static(proto),
+        );
+    }
+    if f.x_real_ip
+        && let Ok(v) = HeaderValue::from_str(&client.to_string())
+    {
+        h.insert(HeaderName::from_static("x-real-ip"), v);
+    }
+    if f.forwarded {
+        let node = match client {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        let mut v = String::new();
+        if trusted {
+            for old in h.get_all(header::FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
+                v.push_str(old);
+                v.push_str(", ");
+            }
+        }
+        v.push_str(&format!("for={node};proto={proto}"));
+        if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
+            v.push_str(&format!(";host={host}"));
+        }
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(header::FORWARDED, v);
+        }
+    }
+}
+
+/// Whether the request asks to switch to WebSocket (passed through), as
+/// opposed to any other upgrade (h2c, which is never turned into a tunnel).
+fn websocket(h: &HeaderMap) -> bool {
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    conn_upgrade
+        && h.get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let conn = txn.conn.clone();
+    let cfg = conn.cfg.clone();
+    let listener = &cfg.listeners[conn.session.listener];
+    let Some(lh) = listener.http.clone() else {
+        return page(
+            txn,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"PR",
+            "This listener has no routes.",
+        );
+    };
+    let host = request_host(&req);
+    let facts = Facts {
+        src: conn.session.client.ip(),
+        method: req.method(),
+        host: &host,
+        port: listener.bind.port(),
+        dst: None,
+        user: None,
+    };
+    if !listener.access.check(&cfg.acls, &facts).is_allow() {
+        return page(
+            txn,
+            StatusCode::FORBIDDEN,
+            b"PR",
+            "Access is denied by this server's rules.",
+        );
+    }
+    for c in &lh.capture_request {
+        let v = req.headers().get(&c.name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        txn.rec.captures_request.push(truncate(v, c.len));
+    }
+    if let Some((name, len)) = &lh.capture_cookie
+        && let Some(v) = request_cookie(req.headers(), name)
+    {
+        txn.rec.cookie_request = Some(truncate(&format!("{name}={v}"), *len));
+    }
+    let path = req.uri().path().to_string();
+    let Some(pool_index) = route(&lh, &host, &path) else {
+        return page(
+            txn,
+            StatusCode::NOT_FOUND,
+            b"PR",
+            "No service is configured for this address.",
+        );
+    };
+    let backend = conn.state.backends[pool_index].clone();
+    txn.rec.backend = Some(backend.cfg.name.clone());
+    let client = conn.session.client.ip();
+    let sticky = sticky_choice(&backend, &req, client);
+    let key = hash_key(&backend, &req, client, &host);
+    let upgrade = websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
+
+    // the request as the servers get it
+    let method = req.method().clone();
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().cloned();
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    if parts.headers.get(header::HOST).is_none()
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let ws_upgrade = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(HeaderName::from_static("http2-settings"));
+    if let (Some(_), Some(u)) = (&upgrade, ws_upgrade) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    add_identity(&mut parts.headers, &lh, &conn, &host);
+    parts.version = Version::HTTP_11;
+    let (body, counter) = ReqBody::new(body);
+    txn.req_body = counter;
+    let mut out = Request::from_parts(parts, body);
+
+    let retries_allowed = if idempotent(&method) { backend.cfg.retries } else { 0 };
+    let mut exclude: Vec<usize> = Vec::new();
+    let response_timeout = cfg.timeouts.server_response;
+    let (resp, slot, key_used, tx) = loop {
+        let prefer = sticky.server.filter(|s| !exclude.contains(s));
+        let slot = match backend.acquire(prefer, &key, &exclude).await {
+            Ok(s) => s,
+            Err((e, waited)) => {
+                let (t, detail) = match e {
+                    NoServer::Down => (b"SC", "No server of this service is available."),
+                    NoServer::QueueFull => (b"sQ", "Every server is busy and the queue is full."),
+                    NoServer::QueueTimeout => (b"sQ", "Every server stayed busy for the whole queue timeout."),
+                };
+                txn.rec.timers.queue = Some(waited);
+                return page(txn, StatusCode::SERVICE_UNAVAILABLE, t, detail);
+            }
+        };
+        txn.rec.timers.queue = Some(slot.queued);
+        txn.rec.server = Some(slot.server().cfg.name.clone());
+        let addr = slot.server().cfg.addr;
+        txn.rec.upstream = Some(addr);
+        match send_once(&mut txn, &backend, &slot, addr, out, response_timeout).await {
+            Ok((resp, key, tx)) => break (resp, slot, key, tx),
+            Err((failed, m)) => {
+                let why = failed.why();
+                if slot
+                    .server()
+                    .failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why)
+                {
+                    tracing::warn!(pool = %backend.cfg.name, server = %slot.server().cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
+                }
+                match (m, failed) {
+                    (Some(m), Failed::Connect(_) | Failed::Handshake(_)) if txn.rec.retries < retries_allowed => {
+                        txn.rec.retries += 1;
+                        exclude.push(slot.server);
+                        out = m;
+                        continue;
+                    }
+                    (_, Failed::Timeout) => {
+                        return page(
+                            txn,
+                            StatusCode::GATEWAY_TIMEOUT,
+                            b"sH",
+                            &format!("The server did not answer in time ({why})."),
+                        );
+                    }
+                    (_, Failed::Connect(_) | Failed::Handshake(_)) => {
+                        return page(
+                            txn,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            b"SC",
+                            &format!("The server could not be reached ({why})."),
+                        );
+                    }
+                    (_, Failed::Response(_)) => {
+                        return page(
+                            txn,
+                            StatusCode::BAD_GATEWAY,
+                            b"SH",
+                            &format!("The server failed ({why})."),
+                        );
+                    }
+                }
+            }
+        }
+    };
+
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status;
+    if status.is_server_error() && backend.cfg.fail_on_5xx {
+        slot.server().failed(
+            backend.cfg.max_fails,
+            backend.cfg.fail_timeout,
+            &format!("status {status}"),
+        );
+    }
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+    if !switching {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    stick_response(&mut txn, &backend, &slot, &sticky, &mut parts.headers, &lh);
+    for c in &lh.capture_response {
+        let v = parts.headers.get(&c.name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        txn.rec.captures_response.push(truncate(v, c.len));
+    }
+    if let Some((name, len)) = &lh.capture_cookie
+        && let Some(v) = response_cookie(&parts.headers, name)
+    {
+        txn.rec.cookie_response = Some(truncate(&format!("{name}={v}"), *len));
+    }
+    parts.version = Version::HTTP_11;
+    txn.rec.status = status.as_u16();
+    txn.rec.result = ResultCode::TcpMiss;
+    txn.rec.content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+    txn.rec.bytes_to_client += 17
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+            .sum::<u64>();
+
+    if switching && let Some(client_side) = upgrade {
+        // WebSocket: both sides switch; the bytes are relayed until either closes
+        let server_side = hyper::upgrade::on(Response::from_parts(parts.clone(), body));
+        txn.slot = Some(slot);
+        txn.detach();
+        tokio::spawn(async move {
+            let mut txn = txn;
+            match tokio::try_join!(client_side, server_side) {
+                Ok((c, s)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut s = hyper_util::rt::TokioIo::new(s);
+                    match tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        Ok((up, down)) => {
+                            txn.rec.bytes_from_client += up;
+                            txn.rec.bytes_to_client += down;
+                        }
+                        Err(_) => txn.rec.termination = *b"SD",
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("upgrade failed: {e}");
+                    txn.rec.termination = *b"CD";
+                }
+            }
+            drop(txn);
+        });
+        drop(tx);
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+    txn.slot = Some(slot);
+    let upstream = if backend.cfg.proxy_protocol.is_some() {
+        None
+    } else {
+        Some((key_used, tx))
+    };
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream {
+            inner: body,
+            txn: Some(txn),
+            upstream,
+        },
+    )
+}
+
+/// How one try failed.
+enum Failed {
+    Connect(String),
+    Handshake(String),
+    Timeout,
+    Response(String),
+}
+
+impl Failed {
+    fn why(&self) -> String {
+        match self {
+            Failed::Connect(e) => format!("connect: {e}"),
+            Failed::Handshake(e) => format!("handshake: {e}"),
+            Failed::Timeout => "no response in time".into(),
+            Failed::Response(e) => format!("response: {e}"),
+        }
+    }
+}
+
+type Attempt = Result<(Response<Incoming>, Key, Sender), (Failed, Option<Request<ReqBody>>)>;
+
+/// One try on one server: a pooled connection (a closed one is replaced
+/// once, transparently), else a new one with the PROXY header when configured.
+async fn send_once(
+    txn: &mut Txn,
+    backend: &Backend,
+    slot: &Slot,
+    addr: SocketAddr,
+    mut out: Request<ReqBody>,
+    response_timeout: Duration,
+) -> Attempt {
+    let state = txn.conn.state.clone();
+    let key = Key::direct(addr);
+    let pooled = if backend.cfg.proxy_protocol.is_none() {
+        state.pool.checkout(key)
+    } else {
+        None
+    };
+    let _ = slot;
+    let (mut tx, mut reused) = match pooled {
+        Some((tx, local)) => {
+            Counters::inc(&state.counters.upstream_reused);
+            txn.rec.timers.connect = Some(Duration::ZERO);
+            txn.rec.upstream_local = local;
+            (tx, true)
+        }
+        None => match fresh(txn, backend, addr).await {
+            Ok(tx) => (tx, false),
+            Err(f) => return Err((f, Some(out))),
+        },
+    };
+    loop {
+        let t0 = Instant::now();
+        match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
+            Ok(Ok(resp)) => {
+                txn.rec.timers.response = Some(t0.elapsed());
+                return Ok((resp, key, tx));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(m) if reused => {
+                    out = m;
+                    reused = false;
+                    tx = match fresh(txn, backend, addr).await {
+                        Ok(tx) => tx,
+                        Err(f) => return Err((f, Some(out))),
+                    };
+                }
+                Some(m) => return Err((Failed::Handshake(e.error().to_string()), Some(m))),
+                None => return Err((Failed::Response(e.error().to_string()), None)),
+            },
+            Err(_) => return Err((Failed::Timeout, None)),
+        }
+    }
+}
+
+/// A new connection to a server.
+async fn fresh(txn: &mut Txn, backend: &Backend, addr: SocketAddr) -> Result<Sender, Failed> {
+    let t0 = Instant::now();
+    let state = txn.conn.state.clone();
+    let mut stream = connect::connect(addr, txn.conn.cfg.timeouts.connect)
+        .await
+        .map_err(|e| Failed::Connect(e.to_string()))?;
+    Counters::inc(&state.counters.upstream_connects);
+    txn.rec.timers.connect = Some(t0.elapsed());
+    txn.rec.upstream_local = stream.local_addr().ok();
+    if let Some(v) = backend.cfg.proxy_protocol {
+        use tokio::io::AsyncWriteExt;
+        let s = &txn.conn.session;
+        let header = crate::listen::proxy_protocol::encode(v, s.client, s.local);
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| Failed::Connect(format!("sending the PROXY header: {e}")))?;
+    }
+    pool::handshake(stream)
+        .await
+        .map_err(|e| Failed::Handshake(e.to_string()))
+}
+
+/// Stickiness after the response: learn the application's cookie, insert
+/// ours, or remember the client's address.
+fn stick_response(
+    txn: &mut Txn,
+    backend: &Backend,
+    slot: &Slot,
+    sticky: &StickyChoice,
+    h: &mut HeaderMap,
+    _lh: &HttpListener,
+) {
+    let server = slot.server as u32;
+    let mut resp_state = b'-';
+    match &backend.sticky {
+        None => {}
+        Some(Sticky::Learn { cookie, table }) => {
+            resp_state = b'N';
+            if let Some(v) = response_cookie(h, cookie) {
+                table.store(v.as_bytes(), server);
+                resp_state = b'P';
+            } else if let Some(k) = &sticky.key
+                && sticky.server != Some(slot.server)
+                && sticky.req_state == b'D'
+            {
+                // the request's cookie pointed at a server that is down: it now sticks here
+                table.store(k, server);
+                resp_state = b'U';
+            }
+        }
+        Some(Sticky::Insert { cookie, codec, nocache }) => {
+            let stamped = codec.encode(slot.server().cfg.addr, sticky.first_seen, unix_now());
+            let needs = sticky.server != Some(slot.server) || codec.stamped();
+            resp_state = b'N';
+            if needs && let Ok(v) = HeaderValue::from_str(&format!("{cookie}={stamped}; Path=/; HttpOnly")) {
+                h.append(header::SET_COOKIE, v);
+                resp_state = if sticky.server.is_some() { b'U' } else { b'I' };
+                if *nocache {
+                    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+                }
+            }
+        }
+        Some(Sticky::Source(table)) => {
+            if let Some(k) = &sticky.key {
+                table.store(k, server);
+            }
+        }
+    }
+    txn.rec.cookie_state = [sticky.req_state, resp_state];
+}

@@ -1,0 +1,340 @@
+//! A pool at run time: its servers with their live counters and health, the
+//! balancer, the queue for requests waiting for a free server slot, and the
+//! stickiness state.
+//!
+//! A request takes a [`Slot`] on a server (counted against `maxconn`); when
+//! every eligible server is full it waits in the pool's queue (bounded by
+//! `maxqueue` and `queue_timeout`). Dropping the slot frees it and wakes one
+//! waiter. No lock is held across I/O: counters are atomics, the queue is a
+//! `Notify`, the balancer's round-robin state a short mutex.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::upstream::{PoolConfig, ServerConfig, StickConfig};
+use crate::upstream::balance::Balancer;
+use crate::upstream::stick::{CookieCodec, StickTable};
+
+/// Milliseconds since the process started (monotonic).
+fn now_ms() -> u64 {
+    crate::egress::parent::now_ms()
+}
+
+/// One server and its live state.
+pub struct Server {
+    pub cfg: ServerConfig,
+    /// Requests in progress (`%sc`), counted against `maxconn`.
+    pub active: AtomicU32,
+    /// The weight in use (the configured one until an operator changes it).
+    pub weight: AtomicU32,
+    /// Active-check verdict: up until checks say otherwise.
+    pub check_up: AtomicBool,
+    /// Consecutive check results in the direction of a change.
+    pub check_streak: AtomicU32,
+    /// Passive health: failures seen in the current window, its start, and
+    /// until when the server is out.
+    fails: AtomicU32,
+    fail_window: AtomicU64,
+    out_until: AtomicU64,
+    /// Requests sent (for stats).
+    pub requests: AtomicU64,
+    /// The last health change, for diagnostics.
+    pub last_reason: std::sync::Mutex<String>,
+}
+
+impl Server {
+    fn new(cfg: ServerConfig) -> Server {
+        Server {
+            weight: AtomicU32::new(cfg.weight),
+            cfg,
+            active: AtomicU32::new(0),
+            check_up: AtomicBool::new(true),
+            check_streak: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            fail_window: AtomicU64::new(0),
+            out_until: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            last_reason: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    /// Up by the active checks and not taken out by passive health.
+    pub fn is_up(&self) -> bool {
+        self.check_up.load(Relaxed) && self.out_until.load(Relaxed) <= now_ms()
+    }
+
+    fn has_room(&self) -> bool {
+        self.cfg.maxconn == 0 || self.active.load(Relaxed) < self.cfg.maxconn
+    }
+
+    /// A failure seen on real traffic; returns true when it took the server out.
+    pub fn failed(&self, max_fails: u32, fail_timeout: Duration, why: &str) -> bool {
+        if max_fails == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let window = fail_timeout.as_millis() as u64;
+        let start = self.fail_window.load(Relaxed);
+        if now.saturating_sub(start) > window {
+            self.fail_window.store(now, Relaxed);
+            self.fails.store(0, Relaxed);
+        }
+        let n = self.fails.fetch_add(1, Relaxed) + 1;
+        if n >= max_fails && self.out_until.load(Relaxed) <= now {
+            self.out_until.store(now + window, Relaxed);
+            self.fails.store(0, Relaxed);
+            if let Ok(mut r) = self.last_reason.lock() {
+                *r = format!("{n} failure(s): {why}");
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Why no server could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// No server is up (or none is left after failed tries).
+    Down,
+    /// Every server is full and the queue is full too.
+    QueueFull,
+    /// Waited `queue_timeout` in the queue.
+    QueueTimeout,
+}
+
+/// A request's claim on a server; freed (and a waiter woken) on drop.
+pub struct Slot {
+    pub backend: Arc<Backend>,
+    pub server: usize,
+    /// Time spent in the queue (`%Tw`).
+    pub queued: Duration,
+}
+
+impl Slot {
+    pub fn server(&self) -> &Server {
+        &self.backend.servers[self.server]
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.backend.servers[self.server].active.fetch_sub(1, Relaxed);
+        self.backend.active.fetch_sub(1, Relaxed);
+        if self.backend.queued.load(Relaxed) > 0 {
+            self.backend.room.notify_one();
+        }
+    }
+}
+
+/// Stickiness state of a pool.
+pub enum Sticky {
+    /// A learnt application cookie -> server.
+    Learn { cookie: String, table: StickTable },
+    /// An inserted cookie naming the server by a keyed hash.
+    Insert {
+        cookie: String,
+        codec: CookieCodec,
+        nocache: bool,
+    },
+    /// Client address -> server.
+    Source(StickTable),
+}
+
+/// A pool at run time.
+pub struct Backend {
+    pub cfg: PoolConfig,
+    pub servers: Vec<Server>,
+    pub balancer: Balancer,
+    pub sticky: Option<Sticky>,
+    /// Requests holding a slot (`%bc`).
+    pub active: AtomicU32,
+    /// Requests waiting in the queue (`%bq`).
+    pub queued: AtomicU32,
+    room: Notify,
+}
+
+impl Backend {
+    pub fn new(cfg: PoolConfig) -> Backend {
+        let ids: Vec<String> = cfg.servers.iter().map(|s| s.addr.to_string()).collect();
+        let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
+        let balancer = Balancer::new(cfg.balance, &ids, &weights);
+        let sticky = cfg.stick.as_ref().map(|s| match s {
+            StickConfig::Learn {
+                cookie,
+                size,
+                expire,
+                key_len,
+            } => Sticky::Learn {
+                cookie: cookie.clone(),
+                table: StickTable::new(*size, *expire, *key_len),
+            },
+            StickConfig::Insert {
+                cookie,
+                key,
+                nocache,
+                maxidle,
+                maxlife,
+            } => Sticky::Insert {
+                cookie: cookie.clone(),
+                codec: CookieCodec::new(key, *maxidle, *maxlife),
+                nocache: *nocache,
+            },
+            StickConfig::Source { size, expire } => Sticky::Source(StickTable::new(*size, *expire, 16)),
+        });
+        Backend {
+            servers: cfg.servers.iter().cloned().map(Server::new).collect(),
+            cfg,
+            balancer,
+            sticky,
+            active: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    /// Whether `i` can take a request now, given whether any primary is up.
+    fn eligible(&self, i: usize, primaries_up: bool, exclude: &[usize]) -> bool {
+        let s = &self.servers[i];
+        s.cfg.backup != primaries_up && s.is_up() && s.has_room() && !exclude.contains(&i)
+    }
+
+    fn primaries_up(&self, exclude: &[usize]) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !s.cfg.backup && s.is_up() && !exclude.contains(&i))
+    }
+
+    fn any_up(&self, exclude: &[usize]) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.is_up() && !exclude.contains(&i))
+    }
+
+    /// Tries to claim `i` (it must still have room when counted).
+    fn claim(self: &Arc<Self>, i: usize, queued: Duration) -> Option<Slot> {
+        let s = &self.servers[i];
+        let n = s.active.fetch_add(1, Relaxed);
+        if s.cfg.maxconn != 0 && n >= s.cfg.maxconn {
+            s.active.fetch_sub(1, Relaxed);
+            return None;
+        }
+        self.active.fetch_add(1, Relaxed);
+        s.requests.fetch_add(1, Relaxed);
+        Some(Slot {
+            backend: self.clone(),
+            server: i,
+            queued,
+        })
+    }
+
+    /// One attempt without waiting: the preferred (sticky) server when it can
+    /// take the request, else the balancer's choice.
+    fn try_pick(
+        self: &Arc<Self>,
+        prefer: Option<usize>,
+        key: &[u8],
+        exclude: &[usize],
+        queued: Duration,
+    ) -> Option<Slot> {
+        let primaries = self.primaries_up(exclude);
+        if let Some(p) = prefer
+            && p < self.servers.len()
+            && self.servers[p].is_up()
+            && self.servers[p].has_room()
+            && !exclude.contains(&p)
+            && let Some(slot) = self.claim(p, queued)
+        {
+            return Some(slot);
+        }
+        for _ in 0..4 {
+            let i = self.balancer.pick(
+                &|i| self.eligible(i, primaries, exclude),
+                &|i| self.servers[i].weight.load(Relaxed),
+                &|i| self.servers[i].active.load(Relaxed),
+                key,
+            )?;
+            if let Some(slot) = self.claim(i, queued) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// A server for a request: the sticky one if it can serve, else balanced;
+    /// waits in the queue when every eligible server is full.
+    /// On failure, also how long the request waited.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        prefer: Option<usize>,
+        key: &[u8],
+        exclude: &[usize],
+    ) -> Result<Slot, (NoServer, Duration)> {
+        if let Some(s) = self.try_pick(prefer, key, exclude, Duration::ZERO) {
+            return Ok(s);
+        }
+        if !self.any_up(exclude) {
+            return Err((NoServer::Down, Duration::ZERO));
+        }
+        let max = self.cfg.maxqueue;
+        if max != 0 && self.queued.load(Relaxed) >= max {
+            return Err((NoServer::QueueFull, Duration::ZERO));
+        }
+        self.queued.fetch_add(1, Relaxed);
+        let _unqueue = Unqueue(self);
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(s) = self.try_pick(prefer, key, exclude, start.elapsed()) {
+                return Ok(s);
+            }
+            if !self.any_up(exclude) {
+                return Err((NoServer::Down, start.elapsed()));
+            }
+            // woken by a freed slot, or a periodic look (servers come back up)
+            let step = tokio::time::Instant::now() + Duration::from_millis(100);
+            if tokio::time::timeout_at(deadline.min(step), room).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err((NoServer::QueueTimeout, start.elapsed()));
+            }
+        }
+    }
+
+    /// The index of the server with this address, if any.
+    pub fn server_by_addr(&self, addr: std::net::SocketAddr) -> Option<usize> {
+        self.servers.iter().position(|s| s.cfg.addr == addr)
+    }
+}
+
+/// Leaves the queue however the wait ends.
+struct Unqueue<'a>(&'a Backend);
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The bytes a source-address table keys on.
+pub fn source_key(ip: IpAddr) -> Vec<u8> {
+    match crate::policy::acl::canonical(ip) {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Every pool of the config, at run time.
+pub fn build(pools: &[PoolConfig]) -> Vec<Arc<Backend>> {
+    pools.iter().cloned().map(|p| Arc::new(Backend::new(p))).collect()
+}
