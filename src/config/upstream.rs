@@ -101,6 +101,16 @@ pub struct PoolConfig {
     pub stick: Option<StickConfig>,
     /// PROXY protocol header sent to the servers (1 or 2).
     pub proxy_protocol: Option<u8>,
+    /// TLS to the servers.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from sekisho to a pool's servers.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// Sent as SNI and checked against the certificate; the server's IP address when `None`.
+    pub server_name: Option<tokio_rustls::rustls::pki_types::ServerName<'static>>,
 }
 
 /// A route of an `http`/`https` listener: host and path prefix to a pool.

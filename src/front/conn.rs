@@ -532,18 +532,19 @@ async fn sniff_h2c(s: &TcpStream, prefix: &mut Vec<u8>, timeout: Duration) -> bo
         if !H2_PREFACE.starts_with(prefix) {
             return false;
         }
+        let want = H2_PREFACE.len() - prefix.len();
         let ready = tokio::time::timeout_at(deadline, s.readable()).await;
         if !matches!(ready, Ok(Ok(()))) {
             return false;
         }
-        match s.try_read(&mut buf[..H2_PREFACE.len() - prefix.len()]) {
+        match s.try_read(&mut buf[..want]) {
             Ok(0) => return false,
             Ok(n) => prefix.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return false,
         }
     }
-    prefix.as_slice() == H2_PREFACE
+    prefix.starts_with(H2_PREFACE)
 }
 
 /// Serves an HTTP/2 connection until it ends or the daemon stops.
@@ -567,6 +568,7 @@ where
     }
     let check = tokio::time::sleep_until(conn.activity.next_check(timeouts).into());
     tokio::pin!(check);
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             r = &mut served => {
@@ -576,10 +578,19 @@ where
                 break;
             }
             _ = &mut check => {
-                if conn.activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
-                    served.as_mut().graceful_shutdown();
+                if closing.is_some_and(|hard| hard <= Instant::now()) {
+                    // the client never finished the graceful close
+                    break;
                 }
-                check.as_mut().reset(conn.activity.next_check(timeouts).into());
+                if closing.is_none() && conn.activity.deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                    served.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + Duration::from_secs(5));
+                }
+                let next = match closing {
+                    Some(hard) => hard,
+                    None => conn.activity.next_check(timeouts),
+                };
+                check.as_mut().reset(next.into());
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;

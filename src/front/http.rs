@@ -26,6 +26,7 @@ use crate::relay::headers::strip_hop_by_hop;
 use crate::relay::pool::{self, Key, Sender};
 use crate::upstream::backend::{Backend, NoServer, Slot, Sticky, source_key};
 use crate::upstream::balance::Algorithm;
+use tokio::io::AsyncWriteExt;
 
 /// Serves one request of an `http`/`https` listener.
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -80,6 +81,19 @@ fn request_host(req: &Request<Incoming>) -> String {
         .trim_end_matches(']')
         .trim_end_matches('.')
         .to_ascii_lowercase()
+}
+
+/// The host (and port) the client addressed: the URI's authority (HTTP/2,
+/// absolute form) without user info, else the `Host` header.
+fn authority_of(req: &Request<Incoming>) -> Option<String> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or("").to_string()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string),
+    }
 }
 
 /// `name:port` -> `name`; `[v6]:port` -> `[v6]`.
@@ -340,6 +354,14 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
             "This listener has no routes.",
         );
     };
+    if req.method() == Method::CONNECT {
+        return page(
+            txn,
+            StatusCode::METHOD_NOT_ALLOWED,
+            b"PR",
+            "CONNECT is for forward proxies; this is a web server.",
+        );
+    }
     let host = request_host(&req);
     let facts = Facts {
         src: conn.session.client.ip(),
@@ -384,18 +406,33 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
 
     // the request as the servers get it
     let method = req.method().clone();
+    let http2 = req.version() == Version::HTTP_2;
+    let authority = authority_of(&req);
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().cloned();
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
-    if parts.headers.get(header::HOST).is_none()
-        && let Ok(v) = HeaderValue::from_str(&host)
-    {
-        parts.headers.insert(header::HOST, v);
-    }
     let ws_upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    // the server gets the host the request was routed by, as the client wrote it
+    if let Some(v) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        parts.headers.insert(header::HOST, v);
+    }
+    if http2 {
+        // HTTP/2 splits cookies over several fields; an HTTP/1.1 server wants one
+        let cookies: Vec<String> = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        if cookies.len() > 1
+            && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+        {
+            parts.headers.insert(header::COOKIE, v);
+        }
+    }
     parts.headers.remove(HeaderName::from_static("http2-settings"));
     if let (Some(_), Some(u)) = (&upgrade, ws_upgrade) {
         parts
@@ -422,11 +459,11 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
                     NoServer::QueueFull => (b"sQ", "Every server is busy and the queue is full."),
                     NoServer::QueueTimeout => (b"sQ", "Every server stayed busy for the whole queue timeout."),
                 };
-                txn.rec.timers.queue = Some(waited);
+                txn.rec.timers.queue = Some(txn.rec.timers.queue.unwrap_or_default() + waited);
                 return page(txn, StatusCode::SERVICE_UNAVAILABLE, t, detail);
             }
         };
-        txn.rec.timers.queue = Some(slot.queued);
+        txn.rec.timers.queue = Some(txn.rec.timers.queue.unwrap_or_default() + slot.queued);
         txn.rec.server = Some(slot.server().cfg.name.clone());
         let addr = slot.server().cfg.addr;
         txn.rec.upstream = Some(addr);
@@ -434,9 +471,10 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
             Ok((resp, key, tx)) => break (resp, slot, key, tx),
             Err((failed, m)) => {
                 let why = failed.why();
-                if slot
-                    .server()
-                    .failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why)
+                if !matches!(failed, Failed::NotCounted(_))
+                    && slot
+                        .server()
+                        .failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why)
                 {
                     tracing::warn!(pool = %backend.cfg.name, server = %slot.server().cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
                 }
@@ -463,7 +501,7 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
                             &format!("The server could not be reached ({why})."),
                         );
                     }
-                    (_, Failed::Response(_)) => {
+                    (_, Failed::Response(_) | Failed::NotCounted(_)) => {
                         return page(
                             txn,
                             StatusCode::BAD_GATEWAY,
@@ -519,15 +557,18 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
             let mut txn = txn;
             match tokio::try_join!(client_side, server_side) {
                 Ok((c, s)) => {
-                    let mut c = hyper_util::rt::TokioIo::new(c);
-                    let mut s = hyper_util::rt::TokioIo::new(s);
-                    match tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        Ok((up, down)) => {
-                            txn.rec.bytes_from_client += up;
-                            txn.rec.bytes_to_client += down;
-                        }
-                        Err(_) => txn.rec.termination = *b"SD",
-                    }
+                    let c = hyper_util::rt::TokioIo::new(c);
+                    let s = hyper_util::rt::TokioIo::new(s);
+                    let idle = txn.conn.cfg.timeouts.tunnel_idle;
+                    let outcome = crate::relay::tunnel::relay_io(c, s, &[], idle).await;
+                    txn.rec.bytes_from_client += outcome.up;
+                    txn.rec.bytes_to_client += outcome.down;
+                    txn.rec.termination = match outcome.end {
+                        crate::relay::tunnel::End::Closed => *b"--",
+                        crate::relay::tunnel::End::ClientError => *b"CD",
+                        crate::relay::tunnel::End::ServerError => *b"SD",
+                        crate::relay::tunnel::End::Idle => *b"cD",
+                    };
                 }
                 Err(e) => {
                     tracing::debug!("upgrade failed: {e}");
@@ -561,6 +602,8 @@ enum Failed {
     Handshake(String),
     Timeout,
     Response(String),
+    /// Failed after sending, but not in a way that says the server is unwell.
+    NotCounted(String),
 }
 
 impl Failed {
@@ -569,7 +612,7 @@ impl Failed {
             Failed::Connect(e) => format!("connect: {e}"),
             Failed::Handshake(e) => format!("handshake: {e}"),
             Failed::Timeout => "no response in time".into(),
-            Failed::Response(e) => format!("response: {e}"),
+            Failed::Response(e) | Failed::NotCounted(e) => format!("response: {e}"),
         }
     }
 }
@@ -587,7 +630,11 @@ async fn send_once(
     response_timeout: Duration,
 ) -> Attempt {
     let state = txn.conn.state.clone();
-    let key = Key::direct(addr);
+    let key = Key {
+        dst: addr,
+        src: None,
+        route: crate::relay::pool::Route::Pool(backend.index),
+    };
     let pooled = if backend.cfg.proxy_protocol.is_none() {
         state.pool.checkout(key)
     } else {
@@ -623,6 +670,11 @@ async fn send_once(
                     };
                 }
                 Some(m) => return Err((Failed::Handshake(e.error().to_string()), Some(m))),
+                // a kept-alive connection the server closed as the request went
+                // out, or the client's own body failing, is not the server's fault
+                None if reused || e.error().is_user() || e.error().is_body_write_aborted() => {
+                    return Err((Failed::NotCounted(e.error().to_string()), None));
+                }
                 None => return Err((Failed::Response(e.error().to_string()), None)),
             },
             Err(_) => return Err((Failed::Timeout, None)),
@@ -641,7 +693,6 @@ async fn fresh(txn: &mut Txn, backend: &Backend, addr: SocketAddr) -> Result<Sen
     txn.rec.timers.connect = Some(t0.elapsed());
     txn.rec.upstream_local = stream.local_addr().ok();
     if let Some(v) = backend.cfg.proxy_protocol {
-        use tokio::io::AsyncWriteExt;
         let s = &txn.conn.session;
         let header = crate::listen::proxy_protocol::encode(v, s.client, s.local);
         stream
@@ -649,7 +700,22 @@ async fn fresh(txn: &mut Txn, backend: &Backend, addr: SocketAddr) -> Result<Sen
             .await
             .map_err(|e| Failed::Connect(format!("sending the PROXY header: {e}")))?;
     }
-    pool::handshake(stream)
+    let Some(tls) = &backend.cfg.tls else {
+        return pool::handshake(stream)
+            .await
+            .map_err(|e| Failed::Handshake(e.to_string()));
+    };
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let tls_stream = match tokio::time::timeout(txn.conn.cfg.timeouts.connect, connector.connect(name, stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failed::Connect(format!("TLS handshake with {addr} failed: {e}"))),
+        Err(_) => return Err(Failed::Connect(format!("TLS handshake with {addr} timed out"))),
+    };
+    pool::handshake(tls_stream)
         .await
         .map_err(|e| Failed::Handshake(e.to_string()))
 }

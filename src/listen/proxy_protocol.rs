@@ -380,6 +380,16 @@ pub fn encode(version: u8, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A header that names no client (v1 `UNKNOWN`, v2 `LOCAL`), for health checks.
+pub fn encode_local(version: u8) -> Vec<u8> {
+    if version == 1 {
+        return b"PROXY UNKNOWN\r\n".to_vec();
+    }
+    let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    out
+}
+
 #[cfg(test)]
 mod encode_tests {
     use super::*;
@@ -401,6 +411,13 @@ mod encode_tests {
                     Parsed::Done(h, _) => assert_eq!(h.addrs, Some((s, d)), "v{v}"),
                     other => panic!("v{v}: {other:?}"),
                 }
+            }
+            match parse(&encode_local(v)) {
+                Parsed::Done(h, n) => {
+                    assert_eq!(h.addrs, None, "v{v}");
+                    assert_eq!(n, encode_local(v).len());
+                }
+                other => panic!("v{v}: {other:?}"),
             }
         }
     }

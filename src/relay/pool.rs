@@ -46,6 +46,9 @@ pub enum Route {
     /// To this parent proxy (its config index), with the socket settings of
     /// this outgoing rule, if any.
     Parent(usize, Option<usize>),
+    /// To a server of this load-balancing pool (its config index), with the
+    /// pool's settings (TLS).
+    Pool(usize),
 }
 
 impl Key {

@@ -133,10 +133,10 @@ where
     }
 }
 
-/// Relays between `client` and any byte stream (a TLS connection to a parent
-/// proxy), through user-space buffers.
-pub async fn relay_io<S: AsyncRead + AsyncWrite + Unpin>(
-    client: TcpStream,
+/// Relays between any two byte streams (a TLS connection to a parent proxy,
+/// an upgraded WebSocket connection), through user-space buffers.
+pub async fn relay_io<C: AsyncRead + AsyncWrite + Unpin, S: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
     mut server: S,
     initial: &[u8],
     idle: Duration,
@@ -152,7 +152,7 @@ pub async fn relay_io<S: AsyncRead + AsyncWrite + Unpin>(
     let last = AtomicU64::new(0);
     let up = AtomicU64::new(initial.len() as u64);
     let down = AtomicU64::new(0);
-    let (cr, cw) = client.into_split();
+    let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let both = async { tokio::join!(copy(cr, sw, &up, &last, base), copy(sr, cw, &down, &last, base)) };
     let end = watch_idle(both, &last, base, idle).await;

@@ -127,7 +127,10 @@ impl Drop for Slot {
         self.backend.servers[self.server].active.fetch_sub(1, Relaxed);
         self.backend.active.fetch_sub(1, Relaxed);
         if self.backend.queued.load(Relaxed) > 0 {
-            self.backend.room.notify_one();
+            // every waiter looks again: the first that can use the freed
+            // server takes it (one that cannot, a backup or an excluded one,
+            // must not swallow the wake-up)
+            self.backend.room.notify_waiters();
         }
     }
 }
@@ -148,6 +151,8 @@ pub enum Sticky {
 
 /// A pool at run time.
 pub struct Backend {
+    /// Index of the pool in the configuration.
+    pub index: usize,
     pub cfg: PoolConfig,
     pub servers: Vec<Server>,
     pub balancer: Balancer,
@@ -160,7 +165,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(cfg: PoolConfig) -> Backend {
+    pub fn new(index: usize, cfg: PoolConfig) -> Backend {
         let ids: Vec<String> = cfg.servers.iter().map(|s| s.addr.to_string()).collect();
         let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
         let balancer = Balancer::new(cfg.balance, &ids, &weights);
@@ -188,6 +193,7 @@ impl Backend {
             StickConfig::Source { size, expire } => Sticky::Source(StickTable::new(*size, *expire, 16)),
         });
         Backend {
+            index,
             servers: cfg.servers.iter().cloned().map(Server::new).collect(),
             cfg,
             balancer,
@@ -204,11 +210,12 @@ impl Backend {
         s.cfg.backup != primaries_up && s.is_up() && s.has_room() && !exclude.contains(&i)
     }
 
+    /// Whether a primary server can take requests (up, with a weight).
     fn primaries_up(&self, exclude: &[usize]) -> bool {
         self.servers
             .iter()
             .enumerate()
-            .any(|(i, s)| !s.cfg.backup && s.is_up() && !exclude.contains(&i))
+            .any(|(i, s)| !s.cfg.backup && s.is_up() && s.weight.load(Relaxed) > 0 && !exclude.contains(&i))
     }
 
     fn any_up(&self, exclude: &[usize]) -> bool {
@@ -277,7 +284,10 @@ impl Backend {
         key: &[u8],
         exclude: &[usize],
     ) -> Result<Slot, (NoServer, Duration)> {
-        if let Some(s) = self.try_pick(prefer, key, exclude, Duration::ZERO) {
+        // newcomers wait behind requests already queued
+        if self.queued.load(Relaxed) == 0
+            && let Some(s) = self.try_pick(prefer, key, exclude, Duration::ZERO)
+        {
             return Ok(s);
         }
         if !self.any_up(exclude) {
@@ -336,5 +346,10 @@ pub fn source_key(ip: IpAddr) -> Vec<u8> {
 
 /// Every pool of the config, at run time.
 pub fn build(pools: &[PoolConfig]) -> Vec<Arc<Backend>> {
-    pools.iter().cloned().map(|p| Arc::new(Backend::new(p))).collect()
+    pools
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, p)| Arc::new(Backend::new(i, p)))
+        .collect()
 }

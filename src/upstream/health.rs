@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::upstream::{CheckConfig, CheckKind};
+use crate::config::upstream::{CheckConfig, CheckKind, UpstreamTls};
 use crate::runtime::State;
 use crate::upstream::backend::{Backend, Server};
 
@@ -24,7 +24,9 @@ pub async fn run(state: Arc<State>, backend: Arc<Backend>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let results = join_all(backend.servers.iter().map(|s| probe(s, &check)).collect()).await;
+        let tls = backend.cfg.tls.as_ref();
+        let pp = backend.cfg.proxy_protocol;
+        let results = join_all(backend.servers.iter().map(|s| probe(s, &check, tls, pp)).collect()).await;
         for (s, r) in backend.servers.iter().zip(results) {
             record(&backend.cfg.name, s, &check, r);
         }
@@ -82,18 +84,46 @@ fn record(pool: &str, s: &Server, check: &CheckConfig, r: Result<(), String>) {
     }
 }
 
-/// One check of one server.
-async fn probe(s: &Server, check: &CheckConfig) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, probe_inner(s, check)).await {
+/// One check of one server (over TLS for a pool with `tls = true`, after a
+/// PROXY `LOCAL` header for a pool that sends PROXY headers).
+async fn probe(s: &Server, check: &CheckConfig, tls: Option<&UpstreamTls>, pp: Option<u8>) -> Result<(), String> {
+    let run = async {
+        let mut stream = TcpStream::connect(s.cfg.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        if let Some(v) = pp {
+            // a server that wants a PROXY header gets one that names no client
+            stream
+                .write_all(&crate::listen::proxy_protocol::encode_local(v))
+                .await
+                .map_err(|e| format!("sending the PROXY header: {e}"))?;
+        }
+        match tls {
+            None => probe_on(stream, s, check).await,
+            Some(t) => {
+                let name = t
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| tokio_rustls::rustls::pki_types::ServerName::IpAddress(s.cfg.addr.ip().into()));
+                let stream = tokio_rustls::TlsConnector::from(t.config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                probe_on(stream, s, check).await
+            }
+        }
+    };
+    match tokio::time::timeout(check.timeout, run).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
     }
 }
 
-async fn probe_inner(s: &Server, check: &CheckConfig) -> Result<(), String> {
-    let mut stream = TcpStream::connect(s.cfg.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn probe_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    s: &Server,
+    check: &CheckConfig,
+) -> Result<(), String> {
     let CheckKind::Http {
         method,
         path,

@@ -4,3 +4,4 @@ pub mod backend;
 pub mod balance;
 pub mod health;
 pub mod stick;
+pub mod tls;

@@ -316,3 +316,69 @@ fn egress_names_and_ranges() {
     ));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn load_balancer_errors() {
+    let pool = "[pool.web]\n[[pool.web.server]]\naddress = \"127.0.0.1:8080\"\n";
+    let http = "[[listener]]\nname = \"w\"\nbind = \"127.0.0.1:8081\"\nmode = \"http\"\ndefault_pool = \"web\"\n";
+    let (ok, err, _) = check(&format!("{LISTENER}{pool}{http}"));
+    assert!(ok, "{err}");
+    assert_message(
+        "[pool.web]\nbalance = \"fastest\"\n[[pool.web.server]]\naddress = \"127.0.0.1:1\"\n",
+        "expected round-robin, leastconn",
+    );
+    assert_message("[pool.web]\n", "needs at least one");
+    assert_message(
+        "[pool.web]\n[[pool.web.server]]\naddress = \"nowhere\"\n",
+        "is not IP:PORT",
+    );
+    assert_message(
+        &format!("{pool}[pool.web.check]\ntype = \"udp\"\n"),
+        "expected http or tcp",
+    );
+    assert_message(
+        &format!("{pool}[pool.web.check]\nexpect = \"2xx\"\n"),
+        "write a status or a range",
+    );
+    assert_message(
+        &format!("{pool}[pool.web.check]\ninterval = \"1s\"\ntimeout = \"2s\"\n"),
+        "must not be longer than `interval`",
+    );
+    assert_message(
+        &format!("{pool}[pool.web.stick]\ntype = \"insert\"\ncookie = \"SRV\"\nkey_env = \"SEKISHO_SURELY_UNSET\"\n"),
+        "is not set",
+    );
+    assert_message(&format!("{pool}[pool.web.stick]\ntype = \"learn\"\n"), "needs `cookie`");
+    assert_message(
+        "[pool.web]\nhash_key = \"uri\"\n[[pool.web.server]]\naddress = \"127.0.0.1:8080\"\n",
+        "needs `balance = \"hash\"`",
+    );
+    assert_message(
+        "[pool.web]\ntls_server_name = \"x\"\n[[pool.web.server]]\naddress = \"127.0.0.1:8080\"\n",
+        "TLS settings without `tls = true`",
+    );
+    assert_message(
+        "[[listener]]\nbind = \"127.0.0.1:8081\"\nmode = \"http\"\ndefault_pool = \"nope\"\n",
+        "no `[pool.nope]` is defined",
+    );
+    assert_message(
+        "[[listener]]\nbind = \"127.0.0.1:8081\"\nroutes = []\n",
+        "is for `http` and `https` listeners",
+    );
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:8081\"\nmode = \"https\"\ndefault_pool = \"web\"\n"),
+        "needs `[listener[1].tls]`",
+    );
+    assert_message(
+        &format!(
+            "{pool}[[listener]]\nbind = \"127.0.0.1:8081\"\nmode = \"https\"\ndefault_pool = \"web\"\n[listener.tls]\ncertificates = []\n"
+        ),
+        "needs at least one certificate",
+    );
+    assert_message(
+        &format!(
+            "{pool}[[listener]]\nbind = \"127.0.0.1:8081\"\nmode = \"https\"\ndefault_pool = \"web\"\n[listener.tls]\ncertificates = [{{ cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }}]\nmin_version = \"1.0\"\n"
+        ),
+        "never speaks",
+    );
+}

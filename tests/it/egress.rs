@@ -555,7 +555,7 @@ for (const h of process.argv.slice(2)) console.log(FindProxyForURL('http://' + h
 }
 
 /// A CA and a certificate for `parent.test` signed by it (openssl).
-fn ca_and_leaf(dir: &crate::harness::TempDir) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+pub fn ca_and_leaf(dir: &crate::harness::TempDir) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let ca_key = dir.path("ca.key");
     let ca = dir.path("ca.pem");
     let key = dir.path("leaf.key");

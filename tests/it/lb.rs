@@ -861,3 +861,150 @@ certificates = [{{ cert = "{c}", key = "{k}" }}]"#
         "{plain}"
     );
 }
+
+#[test]
+fn routes_by_host_and_path() {
+    let os = origins(3);
+    let cfg = format!(
+        r#"
+[pool.api]
+[[pool.api.server]]
+address = "127.0.0.1:{}"
+[pool.static]
+[[pool.static.server]]
+address = "127.0.0.1:{}"
+[pool.rest]
+[[pool.rest.server]]
+address = "127.0.0.1:{}"
+[[listener]]
+bind = "127.0.0.1:{{PORT}}"
+mode = "http"
+routes = [
+  {{ host = "api.example", path = "/v1", pool = "api" }},
+  {{ host = ".example", path = "/static", pool = "static" }},
+]
+default_pool = "rest"
+[[access_log]]
+output = "stdout"
+style = "haproxy"
+format = "%b %HU"
+"#,
+        os[0].port, os[1].port, os[2].port
+    );
+    let p = start(&cfg);
+    for (i, (host, path, pool)) in [
+        ("api.example", "/v1/users", "api"),
+        ("API.example:8080", "/v1", "api"),
+        ("api.example", "/v2", "rest"),
+        ("cdn.example", "/static/a.css", "static"),
+        ("example", "/static/", "static"),
+        ("other.test", "/static/a.css", "rest"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (code, _) = get(&p, path, &["-H", &format!("Host: {host}")]);
+        assert_eq!(code, 200);
+        let lines = log_lines(&p, i + 1);
+        assert_eq!(lines[i], format!("{pool} {path}"), "{host}{path}: {lines:?}");
+    }
+    // no default pool and no route: 404
+    let q = start(&cfg.replace("default_pool = \"rest\"", ""));
+    assert_eq!(get(&q, "/", &["-H", "Host: other.test"]).0, 404);
+}
+
+#[test]
+fn tls_to_servers_with_and_without_verification() {
+    crate::harness::require_tool("openssl");
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = TempDir::new();
+    let (ca, leaf, key) = crate::egress::ca_and_leaf(&dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, PrivateKeyDer::from_pem_file(&key).unwrap())
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let origin = Origin::from_listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Some(acceptor));
+    let pool = |extra: &str| {
+        format!(
+            "[pool.sec]\ntls = true\n{extra}\n[pool.sec.check]\ntype = \"http\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\n[[pool.sec.server]]\naddress = \"127.0.0.1:{}\"\n[[listener]]\nbind = \"127.0.0.1:{{PORT}}\"\nmode = \"http\"\ndefault_pool = \"sec\"\n",
+            origin.port
+        )
+    };
+    let p = start(&pool(&format!(
+        "tls_ca_file = \"{}\"\ntls_server_name = \"parent.test\"",
+        ca.display()
+    )));
+    let (code, body) = get(&p, "/over-tls", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(Echo::parse(&body).field("target"), "/over-tls");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !p.stderr().contains("server is DOWN"),
+        "HTTP checks speak TLS too: {}",
+        p.stderr()
+    );
+
+    // a certificate the CA did not sign: refused (and the checks take the server down)
+    let other = TempDir::new();
+    let (wrong_ca, _, _) = crate::egress::ca_and_leaf(&other);
+    let q = start(&pool(&format!(
+        "tls_ca_file = \"{}\"\ntls_server_name = \"parent.test\"",
+        wrong_ca.display()
+    )));
+    let (code, body) = get(&q, "/", &[]);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("TLS handshake") || q.stderr().contains("TLS handshake"),
+        "{body}\n{}",
+        q.stderr()
+    );
+
+    // tls_verify = false: encrypted, certificate not checked
+    let r = start(&pool("tls_verify = false"));
+    assert_eq!(get(&r, "/", &[]).0, 200);
+}
+
+#[test]
+fn fail_on_5xx_and_tcp_checks() {
+    let os = origins(2);
+    // two 5xx from each server take both out; the answers still reach the client
+    for (on, after) in [(true, 503), (false, 200)] {
+        let p = start(&lb_config(
+            &[&os[0], &os[1]],
+            &format!("fail_on_5xx = {on}\nmax_fails = 2\nfail_timeout = \"5s\""),
+            &[],
+            "",
+            "%s %ST",
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(get(&p, "/status?code=500", &[]).0);
+        }
+        assert!(seen.iter().all(|&c| c == 500), "{seen:?}");
+        assert_eq!(get(&p, "/status?code=200", &[]).0, after, "fail_on_5xx = {on}");
+    }
+
+    // a TCP check notices a closed port
+    let dead = crate::harness::free_port();
+    let cfg = format!(
+        "[pool.t]\n[pool.t.check]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfall = 1\n[[pool.t.server]]\naddress = \"127.0.0.1:{dead}\"\n[[pool.t.server]]\naddress = \"127.0.0.1:{}\"\n[[listener]]\nbind = \"127.0.0.1:{{PORT}}\"\nmode = \"http\"\ndefault_pool = \"t\"\n",
+        os[0].port
+    );
+    let q = start(&cfg);
+    let until = Instant::now() + Duration::from_secs(5);
+    while !q.stderr().contains("server is DOWN") {
+        assert!(Instant::now() < until, "{}", q.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(q.stderr().contains("connect: Connection refused"), "{}", q.stderr());
+}

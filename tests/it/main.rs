@@ -6,7 +6,7 @@ mod auth;
 mod check;
 mod connect;
 mod dns;
-mod egress;
+pub mod egress;
 mod failover;
 mod forward;
 mod harness;

@@ -511,7 +511,7 @@ fn split_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_ascii_lowercase(), port))
 }
 
-fn parent_tls(
+pub(super) fn parent_tls(
     cx: &mut Cx,
     path: &str,
     ca: Option<(&str, Span)>,

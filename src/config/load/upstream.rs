@@ -35,6 +35,10 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
         "check",
         "stick",
         "proxy_protocol",
+        "tls",
+        "tls_ca_file",
+        "tls_server_name",
+        "tls_verify",
     ];
     for (k, v) in t.iter() {
         let name = k.get_ref().to_string();
@@ -89,6 +93,7 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
             None | Some(0) => None,
             Some(n) => Some(n as u8),
         };
+        let tls = upstream_tls(cx, &mut tab, &path);
         tab.finish(cx);
         out.push(PoolConfig {
             name: name.into(),
@@ -104,9 +109,57 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
             check,
             stick,
             proxy_protocol,
+            tls,
         });
     }
     out
+}
+
+/// `tls`, `tls_ca_file`, `tls_server_name`, `tls_verify` of a pool.
+fn upstream_tls(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<UpstreamTls> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let on = tab.bool(cx, "tls").unwrap_or(false);
+    let ca = tab.str(cx, "tls_ca_file");
+    let sni = tab.str(cx, "tls_server_name");
+    let verify = tab.bool(cx, "tls_verify").unwrap_or(true);
+    if !on {
+        for (_, span) in [ca, sni].into_iter().flatten() {
+            cx.err(span, format!("`{path}`: TLS settings without `tls = true`"));
+        }
+        return None;
+    }
+    let server_name = match sni {
+        Some((n, span)) => match ServerName::try_from(n.to_string()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                cx.err(
+                    span,
+                    format!("`{path}.tls_server_name`: `{n}` is not a valid TLS server name"),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let config = if verify {
+        // the parent-proxy builder checks the CA file; the name is set per connection
+        super::egress::parent_tls(cx, path, ca, None, "localhost", &tab.span)?.config
+    } else {
+        if let Some((_, span)) = ca {
+            cx.err(
+                span,
+                format!("`{path}.tls_ca_file` is not used with `tls_verify = false`"),
+            );
+        }
+        match crate::upstream::tls::unverified() {
+            Ok(c) => c,
+            Err(e) => {
+                cx.err(tab.span.clone(), format!("`{path}`: {e}"));
+                return None;
+            }
+        }
+    };
+    Some(UpstreamTls { config, server_name })
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {
@@ -215,7 +268,14 @@ fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> 
     let kind = c.str(cx, "type").map(|(s, span)| (s.to_string(), span));
     let method = c.str(cx, "method").map(|(s, span)| (s.to_string(), span));
     let cpath_s = c.str(cx, "path").map(|(s, span)| (s.to_string(), span));
-    let host = c.str(cx, "host").map(|(s, _)| s.to_string());
+    let host = c.str(cx, "host").and_then(|(s, span)| {
+        if s.is_empty() || http::HeaderValue::from_str(s).is_err() || s.contains(char::is_whitespace) {
+            cx.err(span, format!("`{cpath}.host`: `{s}` is not a host name"));
+            None
+        } else {
+            Some(s.to_string())
+        }
+    });
     let expect = c.str(cx, "expect").map(|(s, span)| (s.to_string(), span));
     let interval = c.duration(cx, "interval").unwrap_or(Duration::from_secs(2));
     let timeout = c.duration(cx, "timeout").unwrap_or(Duration::from_secs(1));
@@ -649,6 +709,7 @@ pub(super) fn tls(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<Arc<
     let span = t.span.clone();
     t.finish(cx);
     if certs.is_empty() {
+        cx.err(span, format!("`{tpath}.certificates` needs at least one certificate"));
         return None;
     }
     if default_cert >= certs.len() {
