@@ -1,4 +1,4 @@
--- wrk script for sekisho's benchmark (bench/run.sh).
+-- wrk script for sekisho's benchmarks (bench/run.sh, bench/reverse.sh).
 --
 -- Sends one fixed request over keep-alive connections. For a forward proxy the
 -- request target is absolute-form, e.g.
@@ -24,6 +24,10 @@ wrk.method = "GET"
 wrk.path = target
 if host ~= nil and host ~= "" then
   wrk.headers["Host"] = host
+end
+-- BENCH_CLOSE=1: one request per connection (new TLS handshakes in bench/reverse.sh)
+if os.getenv("BENCH_CLOSE") == "1" then
+  wrk.headers["Connection"] = "close"
 end
 
 -- BENCH_AUTH (optional): prefix of files written by bench/digest_auth.py; each
