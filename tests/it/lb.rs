@@ -1008,3 +1008,39 @@ fn fail_on_5xx_and_tcp_checks() {
     }
     assert!(q.stderr().contains("connect: Connection refused"), "{}", q.stderr());
 }
+
+#[test]
+fn http2_with_nghttp_over_tls_and_h2c() {
+    crate::harness::require_tool("nghttp");
+    crate::harness::require_tool("openssl");
+    let dir = TempDir::new();
+    let (c, k) = cert(&dir, "a", &["a.test"]);
+    let o = Origin::start();
+    let tls = format!("[listener.tls]\ncertificates = [{{ cert = \"{c}\", key = \"{k}\" }}]");
+    let p = start(&lb_config(&[&o], "", &[], &tls, "%HV %ST %HU").replace("mode = \"http\"", "mode = \"https\""));
+    // several streams on one connection, each answered
+    let out = std::process::Command::new("nghttp")
+        .args([
+            "-n",
+            "-s",
+            "-m",
+            "3",
+            &format!("https://127.0.0.1:{}/nghttp?x=1", p.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = log_lines(&p, 3);
+    // HTTP/2 requests carry their scheme and authority: logged in absolute form, as HAProxy does
+    let want = format!("HTTP/2.0 200 https://127.0.0.1:{}/nghttp?x=1", p.port);
+    assert_eq!(lines.iter().filter(|l| **l == want).count(), 3, "{lines:?}");
+
+    // h2c with prior knowledge on a clear-text listener
+    let q = start(&lb_config(&[&o], "", &[], "h2c = true", "%HV %ST"));
+    let out = std::process::Command::new("nghttp")
+        .args(["-n", &format!("http://127.0.0.1:{}/", q.port)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(log_lines(&q, 1), ["HTTP/2.0 200"]);
+}
