@@ -881,10 +881,11 @@ fn listeners(
             Some(("forward", _)) | None => Mode::Forward,
             Some(("http", _)) => Mode::Http,
             Some(("https", _)) => Mode::Https,
+            Some(("tcp", _)) => Mode::Tcp,
             Some((s, span)) => {
                 cx.err(
                     span,
-                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward, http, https"),
+                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward, http, https, tcp"),
                 );
                 Mode::Forward
             }
@@ -897,6 +898,7 @@ fn listeners(
         let access = rules(cx, &mut tab, acls, default_access);
         let proxy_protocol = proxy_protocol(cx, &mut tab, acls);
         let lpath = format!("listener[{i}]");
+        let mut tcp_pool = None;
         let (http, tls) = match mode {
             Mode::Forward => {
                 for key in HTTP_ONLY {
@@ -917,7 +919,40 @@ fn listeners(
             }
             Mode::Https => {
                 let h = upstream::http_listener(cx, &mut tab, &lpath, pools, acls);
-                (Some(Arc::new(h)), upstream::tls(cx, &mut tab, &lpath))
+                (
+                    Some(Arc::new(h)),
+                    upstream::tls(cx, &mut tab, &lpath, &["h2", "http/1.1"]),
+                )
+            }
+            Mode::Tcp => {
+                for key in HTTP_ONLY {
+                    if matches!(*key, "default_pool" | "tls") {
+                        continue;
+                    }
+                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
+                        tab.used.push(key);
+                        cx.err(span, format!("`{lpath}.{key}` is for `http` and `https` listeners"));
+                    }
+                }
+                tcp_pool = match tab.str(cx, "default_pool") {
+                    Some((p, span)) => {
+                        let i = pools.iter().position(|x| &*x.name == p);
+                        if i.is_none() {
+                            cx.err(span, format!("`{lpath}`: no `[pool.{p}]` is defined"));
+                        }
+                        i
+                    }
+                    None => {
+                        cx.err(tab.span.clone(), format!("`{lpath}` (tcp) needs `default_pool`"));
+                        None
+                    }
+                };
+                let tls = if tab.t.iter().any(|(k, _)| k.get_ref() == "tls") {
+                    upstream::tls(cx, &mut tab, &lpath, &[])
+                } else {
+                    None
+                };
+                (None, tls)
             }
         };
         tab.finish(cx);
@@ -930,6 +965,7 @@ fn listeners(
                 proxy_protocol,
                 http,
                 tls,
+                tcp_pool,
             });
         }
     }

@@ -144,6 +144,8 @@ pub enum Mode {
     Http,
     /// The same behind TLS termination.
     Https,
+    /// TCP connections balanced over a pool (optionally behind TLS termination).
+    Tcp,
 }
 
 /// One listening socket.
@@ -157,8 +159,10 @@ pub struct ListenerConfig {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     /// Routes, forwarding headers and captures of `http`/`https` listeners.
     pub http: Option<Arc<upstream::HttpListener>>,
-    /// TLS termination of `https` listeners.
+    /// TLS termination of `https` listeners (and `tcp` ones with `[listener.tls]`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The pool a `tcp` listener balances over.
+    pub tcp_pool: Option<usize>,
 }
 
 /// `[listener.proxy_protocol]`: the PROXY protocol (v1 and v2) in front of the listener.

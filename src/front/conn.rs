@@ -434,6 +434,13 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
             }
         }
     };
+    if mode == Mode::Tcp {
+        state.listener_conn(session.listener, true);
+        let _listener_conn = ListenerConn(state.clone(), session.listener);
+        // bytes read past a PROXY header go to the server first
+        crate::front::tcp::serve(state.clone(), cfg.clone(), session, stream, tls, prefix).await;
+        return;
+    }
     let h2 = match (&tls, &stream) {
         (Some(n), _) => n.alpn.as_deref() == Some("h2"),
         (None, ClientStream::Plain(s)) if listener.http.as_ref().is_some_and(|h| h.h2c) => {
@@ -464,7 +471,7 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         async move {
             Ok::<_, Infallible>(match mode {
                 Mode::Forward => forward::handle(c, req).await,
-                Mode::Http | Mode::Https => crate::front::http::handle(c, req).await,
+                Mode::Http | Mode::Https | Mode::Tcp => crate::front::http::handle(c, req).await,
             })
         }
     });

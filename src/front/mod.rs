@@ -5,4 +5,5 @@ pub mod conn;
 pub mod error_page;
 pub mod forward;
 pub mod http;
+pub mod tcp;
 pub mod txn;

@@ -88,7 +88,10 @@ const PRESET_HTTPLOG: &str =
 /// The HAProxy line of the TLS-statistics seed: timers, counts, captures and the TLS version and cipher.
 const PRESET_HTTPLOG_TLS: &str = "%ci:%cp [%t] %ft %b/%s %Tq/%Tw/%Tc/%Tr/%Tt %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %hr %hs SSL:{%sslv,%sslc} %{+Q}r";
 
-const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "httplog-tls", "json"];
+/// HAProxy's `option tcplog` line, for `tcp` listeners.
+const PRESET_TCPLOG: &str = "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq";
+
+const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "httplog-tls", "tcplog", "json"];
 
 /// Default strftime pattern of Squid's `%tl`/`%tg`.
 const SQUID_DATE: &str = "%d/%b/%Y:%H:%M:%S %z";
@@ -110,6 +113,7 @@ impl LogFormat {
             "common" => LogFormat::parse(PRESET_COMMON, Style::Squid).ok(),
             "httplog" => LogFormat::parse(PRESET_HTTPLOG, Style::Haproxy).ok(),
             "httplog-tls" => LogFormat::parse(PRESET_HTTPLOG_TLS, Style::Haproxy).ok(),
+            "tcplog" => LogFormat::parse(PRESET_TCPLOG, Style::Haproxy).ok(),
             "json" => Some(LogFormat {
                 kind: Kind::Json(DateFmt::new(JSON_DATE, false).ok()?),
             }),

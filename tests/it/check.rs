@@ -382,3 +382,24 @@ fn load_balancer_errors() {
         "never speaks",
     );
 }
+
+#[test]
+fn tcp_listener_errors() {
+    let pool = "[pool.db]\n[[pool.db.server]]\naddress = \"127.0.0.1:5432\"\n";
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:5433\"\nmode = \"tcp\"\n"),
+        "(tcp) needs `default_pool`",
+    );
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:5433\"\nmode = \"tcp\"\ndefault_pool = \"db\"\nroutes = []\n"),
+        "is for `http` and `https` listeners",
+    );
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:5433\"\nmode = \"tcp\"\ndefault_pool = \"nope\"\n"),
+        "no `[pool.nope]`",
+    );
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}{pool}[[listener]]\nbind = \"127.0.0.1:5433\"\nmode = \"tcp\"\ndefault_pool = \"db\"\n[[access_log]]\nformat = \"tcplog\"\n"
+    ));
+    assert!(ok, "{err}");
+}

@@ -18,3 +18,4 @@ mod netns;
 mod netns_smoke;
 mod privileges;
 mod proxy_protocol;
+mod tcp;

@@ -645,7 +645,12 @@ pub(super) fn http_listener(
 }
 
 /// `[listener.tls]` of an `https` listener.
-pub(super) fn tls(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
+pub(super) fn tls(
+    cx: &mut Cx,
+    tab: &mut Tab<'_, '_>,
+    path: &str,
+    default_alpn: &[&str],
+) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
     use crate::listen::tls::{CertFiles, Settings, Version};
     const KEYS: &[&str] = &[
         "certificates",
@@ -704,7 +709,7 @@ pub(super) fn tls(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<Arc<
         .map(|l| l.into_iter().map(|(s, _)| s.to_string()).collect());
     let alpn = match t.strings(cx, "alpn") {
         Some(l) => l.into_iter().map(|(s, _)| s.to_string()).collect(),
-        None => vec!["h2".to_string(), "http/1.1".to_string()],
+        None => default_alpn.iter().map(|s| s.to_string()).collect(),
     };
     let span = t.span.clone();
     t.finish(cx);

@@ -1,0 +1,218 @@
+//! `tcp` listeners: connections balanced over a pool, failover on connect
+//! errors, PROXY headers and TLS termination in front of a TCP service, and
+//! one `tcplog` record per connection.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Sekisho, TempDir, start};
+
+/// A TCP service that greets with its name (and the first line it got when
+/// `proxy` is set: the PROXY header), then echoes. Counts connections.
+fn service(name: &'static str, proxy: bool) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            c.fetch_add(1, SeqCst);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut greeting = format!("{name}\n");
+                if proxy {
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !line.ends_with(b"\r\n") {
+                        if s.read(&mut b).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        line.push(b[0]);
+                    }
+                    greeting = format!("{name} {}", String::from_utf8_lossy(&line));
+                }
+                if s.write_all(greeting.as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(k) = s.read(&mut buf) {
+                    if k == 0 || s.write_all(&buf[..k]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, n)
+}
+
+fn tcp_config(servers: &[u16], pool_extra: &str, listener_extra: &str) -> String {
+    let mut s = format!("[pool.svc]\n{pool_extra}\n");
+    for (i, p) in servers.iter().enumerate() {
+        s.push_str(&format!(
+            "[[pool.svc.server]]\nname = \"t{i}\"\naddress = \"127.0.0.1:{p}\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[[listener]]\nname = \"tcpfront\"\nbind = \"127.0.0.1:{{PORT}}\"\nmode = \"tcp\"\ndefault_pool = \"svc\"\n{listener_extra}\n[[access_log]]\noutput = \"stdout\"\nformat = \"tcplog\"\n"
+    ));
+    s
+}
+
+/// Connects, reads the greeting line, sends `msg`, reads it back, closes.
+fn exchange(p: &Sekisho, msg: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let until = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).ends_with(msg) && Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+fn log_lines(p: &Sekisho, n: usize) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines: Vec<String> = p.stdout().lines().map(String::from).collect();
+        if lines.len() >= n || Instant::now() > until {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn tcp_connections_are_balanced_fail_over_and_are_logged() {
+    let (a, na) = service("alpha", false);
+    let (b, nb) = service("beta", false);
+    let dead = crate::harness::free_port();
+    let p = start(&tcp_config(&[a, dead, b], "retries = 2", ""));
+    let mut greetings = Vec::new();
+    for i in 0..6 {
+        let got = exchange(&p, &format!("ping{i}\n"));
+        assert!(got.ends_with(&format!("ping{i}\n")), "{got:?}");
+        greetings.push(got.lines().next().unwrap().to_string());
+    }
+    // round robin over the two live servers (the readiness probe took one turn)
+    assert!(greetings.iter().filter(|g| *g == "alpha").count() >= 2, "{greetings:?}");
+    assert!(greetings.iter().filter(|g| *g == "beta").count() >= 2, "{greetings:?}");
+    // the harness's own readiness probe was one more connection
+    assert_eq!(na.load(SeqCst) + nb.load(SeqCst), 7);
+    let all = log_lines(&p, 7);
+    // the probe only got a greeting (5 or 6 bytes); the six exchanges got the echo too
+    let lines: Vec<&String> = all
+        .iter()
+        .filter(|l| {
+            l.split(' ')
+                .nth(5)
+                .and_then(|b| b.parse::<u32>().ok())
+                .is_some_and(|b| b > 6)
+        })
+        .collect();
+    assert_eq!(lines.len(), 6, "{all:?}");
+    // %ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq
+    let f: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(f[2], "tcpfront", "{}", lines[0]);
+    assert!(f[3] == "svc/t0" || f[3] == "svc/t2", "{}", lines[0]);
+    assert!(
+        f[5] == "12" || f[5] == "11",
+        "bytes to the client: greeting and echo: {}",
+        lines[0]
+    );
+    assert_eq!(f[6], "--");
+    // the dead server was tried once, then left out (passive health); the retry is logged
+    assert!(
+        all.iter().any(|l| l.contains(" svc/t2 ") && l.ends_with("/1 0/0")),
+        "{all:?}"
+    );
+    assert!(
+        !all.iter().any(|l| l.contains(" svc/t1 ")),
+        "the dead server never served: {all:?}"
+    );
+}
+
+#[test]
+fn tcp_proxy_header_and_tls_termination_in_front() {
+    crate::harness::require_tool("openssl");
+    let (a, _) = service("alpha", true);
+    let p = start(&tcp_config(&[a], "proxy_protocol = 1", ""));
+    let got = exchange(&p, "hello\n");
+    let first = got.lines().next().unwrap();
+    assert!(first.starts_with("alpha PROXY TCP4 127.0.0.1 127.0.0.1 "), "{got:?}");
+    assert!(
+        first.ends_with(&format!(" {}", p.port)),
+        "the listener's port is the destination: {first}"
+    );
+
+    // TLS terminated by sekisho, clear text to the service
+    let (b, _) = service("beta", false);
+    let dir = TempDir::new();
+    let cert = dir.path("c.pem");
+    let key = dir.path("k.pem");
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=tcp.test",
+            "-addext",
+            "subjectAltName=DNS:tcp.test",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let q = start(&tcp_config(
+        &[b],
+        "",
+        &format!(
+            "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+            cert.display(),
+            key.display()
+        ),
+    ));
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{}", q.port),
+            "-servername",
+            "tcp.test",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"over tls\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("beta\n") && text.contains("over tls"), "{text}");
+}
