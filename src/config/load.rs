@@ -823,7 +823,11 @@ fn listeners(
         "capture_cookie",
         "h2c",
         "tls",
+        "responses",
+        "timeout",
+        "max_sessions",
     ];
+    const UDP_ONLY: &[&str] = &["responses", "timeout", "max_sessions"];
     const HTTP_ONLY: &[&str] = &[
         "routes",
         "default_pool",
@@ -839,9 +843,10 @@ fn listeners(
         "tls",
     ];
     let mut out: Vec<ListenerConfig> = Vec::new();
-    let mut seen: Vec<(SocketAddr, Span)> = Vec::new();
+    // (address, where, UDP): TCP and UDP listeners may share an address
+    let mut seen: Vec<(SocketAddr, Span, bool)> = Vec::new();
     if let Some(a) = admin {
-        seen.push((a.bind, 0..0));
+        seen.push((a.bind, 0..0, false));
     }
     for (i, mut tab) in tables_of(cx, root, "listener", KEYS) {
         let name = match tab.str(cx, "name") {
@@ -853,11 +858,26 @@ fn listeners(
             }
             None => format!("listener{i}"),
         };
+        let mode = match tab.str(cx, "mode") {
+            Some(("forward", _)) | None => Mode::Forward,
+            Some(("http", _)) => Mode::Http,
+            Some(("https", _)) => Mode::Https,
+            Some(("tcp", _)) => Mode::Tcp,
+            Some(("udp", _)) => Mode::Udp,
+            Some((s, span)) => {
+                cx.err(
+                    span,
+                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward, http, https, tcp, udp"),
+                );
+                Mode::Forward
+            }
+        };
         let bind = match tab.str(cx, "bind") {
             Some((s, span)) => {
                 let a = socket_addr(cx, &format!("listener[{i}].bind"), s, span.clone());
                 if let Some(a) = a {
-                    if let Some((_, prev)) = seen.iter().find(|(b, _)| overlaps(*b, a)) {
+                    let udp = mode == Mode::Udp;
+                    if let Some((_, prev, _)) = seen.iter().find(|(b, _, u)| *u == udp && overlaps(*b, a)) {
                         let other = if prev.is_empty() {
                             "the admin server's bind".to_string()
                         } else {
@@ -868,26 +888,13 @@ fn listeners(
                             format!("duplicate listener address {a}: {other} already binds it"),
                         );
                     }
-                    seen.push((a, span));
+                    seen.push((a, span, udp));
                 }
                 a
             }
             None => {
                 cx.err(tab.span.clone(), format!("`listener[{i}]` needs `bind` (ADDRESS:PORT)"));
                 None
-            }
-        };
-        let mode = match tab.str(cx, "mode") {
-            Some(("forward", _)) | None => Mode::Forward,
-            Some(("http", _)) => Mode::Http,
-            Some(("https", _)) => Mode::Https,
-            Some(("tcp", _)) => Mode::Tcp,
-            Some((s, span)) => {
-                cx.err(
-                    span,
-                    format!("`listener[{i}].mode` = `{s}` is not supported; supported: forward, http, https, tcp"),
-                );
-                Mode::Forward
             }
         };
         let default_access: &[&str] = if mode == Mode::Forward {
@@ -899,6 +906,15 @@ fn listeners(
         let proxy_protocol = proxy_protocol(cx, &mut tab, acls);
         let lpath = format!("listener[{i}]");
         let mut tcp_pool = None;
+        let mut udp = None;
+        if mode != Mode::Udp {
+            for key in UDP_ONLY {
+                if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
+                    tab.used.push(key);
+                    cx.err(span, format!("`{lpath}.{key}` is for `udp` listeners"));
+                }
+            }
+        }
         let (http, tls) = match mode {
             Mode::Forward => {
                 for key in HTTP_ONLY {
@@ -923,6 +939,42 @@ fn listeners(
                     Some(Arc::new(h)),
                     upstream::tls(cx, &mut tab, &lpath, &["h2", "http/1.1"]),
                 )
+            }
+            Mode::Udp => {
+                for key in HTTP_ONLY {
+                    if *key == "default_pool" {
+                        continue;
+                    }
+                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
+                        tab.used.push(key);
+                        cx.err(span, format!("`{lpath}.{key}` is not for `udp` listeners"));
+                    }
+                }
+                tcp_pool = match tab.str(cx, "default_pool") {
+                    Some((p, span)) => {
+                        let i = pools.iter().position(|x| &*x.name == p);
+                        if i.is_none() {
+                            cx.err(span, format!("`{lpath}`: no `[pool.{p}]` is defined"));
+                        }
+                        i
+                    }
+                    None => {
+                        cx.err(tab.span.clone(), format!("`{lpath}` (udp) needs `default_pool`"));
+                        None
+                    }
+                };
+                udp = Some(UdpOptions {
+                    responses: tab.uint(cx, "responses", 0, 1_000_000).map(|n| n as u32),
+                    timeout: tab.duration(cx, "timeout").unwrap_or(Duration::from_secs(10)),
+                    max_sessions: tab.uint(cx, "max_sessions", 1, 10_000_000).unwrap_or(10_000) as usize,
+                });
+                if tab.t.iter().any(|(k, _)| k.get_ref() == "proxy_protocol") {
+                    cx.err(
+                        tab.span.clone(),
+                        format!("`{lpath}.proxy_protocol` is not for `udp` listeners"),
+                    );
+                }
+                (None, None)
             }
             Mode::Tcp => {
                 for key in HTTP_ONLY {
@@ -966,6 +1018,7 @@ fn listeners(
                 http,
                 tls,
                 tcp_pool,
+                udp,
             });
         }
     }

@@ -146,6 +146,19 @@ pub enum Mode {
     Https,
     /// TCP connections balanced over a pool (optionally behind TLS termination).
     Tcp,
+    /// UDP datagrams balanced over a pool, in sessions per client address and port.
+    Udp,
+}
+
+/// The options of a `udp` listener.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpOptions {
+    /// Datagrams expected back per datagram sent (`None`: any number, `Some(0)`: none).
+    pub responses: Option<u32>,
+    /// Wait for an answer, and idle time after which a session ends.
+    pub timeout: Duration,
+    /// Sessions kept at once; datagrams of new clients beyond it are dropped (and counted).
+    pub max_sessions: usize,
 }
 
 /// One listening socket.
@@ -161,8 +174,10 @@ pub struct ListenerConfig {
     pub http: Option<Arc<upstream::HttpListener>>,
     /// TLS termination of `https` listeners (and `tcp` ones with `[listener.tls]`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    /// The pool a `tcp` listener balances over.
+    /// The pool a `tcp` or `udp` listener balances over.
     pub tcp_pool: Option<usize>,
+    /// `udp` listeners: responses, timeout, session bound.
+    pub udp: Option<UdpOptions>,
 }
 
 /// `[listener.proxy_protocol]`: the PROXY protocol (v1 and v2) in front of the listener.

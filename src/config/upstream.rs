@@ -48,6 +48,11 @@ pub struct CheckConfig {
 #[derive(Clone, Debug)]
 pub enum CheckKind {
     Tcp,
+    /// A datagram sent; any answer (starting with `expect`, when set) is healthy.
+    Udp {
+        payload: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
     Http {
         method: Method,
         path: String,

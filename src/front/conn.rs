@@ -471,7 +471,7 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         async move {
             Ok::<_, Infallible>(match mode {
                 Mode::Forward => forward::handle(c, req).await,
-                Mode::Http | Mode::Https | Mode::Tcp => crate::front::http::handle(c, req).await,
+                _ => crate::front::http::handle(c, req).await,
             })
         }
     });

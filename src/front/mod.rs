@@ -7,3 +7,4 @@ pub mod forward;
 pub mod http;
 pub mod tcp;
 pub mod txn;
+pub mod udp;

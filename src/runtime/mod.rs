@@ -185,10 +185,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
 async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
     let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
+        let fail = |e: std::io::Error| format!("cannot bind listener `{}` on {}: {e}", l.name, l.bind);
+        if l.mode == crate::config::Mode::Udp {
+            let sock = crate::listen::bind_udp(l.bind)
+                .and_then(tokio::net::UdpSocket::from_std)
+                .map_err(fail)?;
+            udp_listeners.push((i, sock));
+            continue;
+        }
         let sock = crate::listen::bind_tcp(l.bind)
             .and_then(tokio::net::TcpListener::from_std)
-            .map_err(|e| format!("cannot bind listener `{}` on {}: {e}", l.name, l.bind))?;
+            .map_err(fail)?;
         listeners.push((i, sock));
     }
     let admin = match &cfg.admin {
@@ -240,6 +249,9 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
     }
     for (i, l) in listeners {
         tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
+    }
+    for (i, u) in udp_listeners {
+        tokio::spawn(crate::front::udp::serve(state.clone(), i, u));
     }
     if let Some(a) = admin {
         tokio::spawn(crate::observe::admin::serve(state.clone(), a));

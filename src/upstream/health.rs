@@ -87,6 +87,12 @@ fn record(pool: &str, s: &Server, check: &CheckConfig, r: Result<(), String>) {
 /// One check of one server (over TLS for a pool with `tls = true`, after a
 /// PROXY `LOCAL` header for a pool that sends PROXY headers).
 async fn probe(s: &Server, check: &CheckConfig, tls: Option<&UpstreamTls>, pp: Option<u8>) -> Result<(), String> {
+    if let CheckKind::Udp { payload, expect } = &check.kind {
+        return match tokio::time::timeout(check.timeout, probe_udp(s, payload, expect.as_deref())).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
+        };
+    }
     let run = async {
         let mut stream = TcpStream::connect(s.cfg.addr)
             .await
@@ -116,6 +122,26 @@ async fn probe(s: &Server, check: &CheckConfig, tls: Option<&UpstreamTls>, pp: O
     match tokio::time::timeout(check.timeout, run).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
+    }
+}
+
+/// A datagram to the server; healthy when an answer (with the expected start) comes back.
+async fn probe_udp(s: &Server, payload: &[u8], expect: Option<&[u8]>) -> Result<(), String> {
+    let bind: std::net::SocketAddr = if s.cfg.addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("socket: {e}"))?;
+    sock.connect(s.cfg.addr).await.map_err(|e| format!("connect: {e}"))?;
+    sock.send(payload).await.map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 65_535];
+    let n = sock.recv(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
+    match expect {
+        Some(want) if !buf[..n].starts_with(want) => Err(format!("unexpected answer ({n} bytes)")),
+        _ => Ok(()),
     }
 }
 

@@ -333,8 +333,8 @@ fn load_balancer_errors() {
         "is not IP:PORT",
     );
     assert_message(
-        &format!("{pool}[pool.web.check]\ntype = \"udp\"\n"),
-        "expected http or tcp",
+        &format!("{pool}[pool.web.check]\ntype = \"icmp\"\n"),
+        "expected http, tcp or udp",
     );
     assert_message(
         &format!("{pool}[pool.web.check]\nexpect = \"2xx\"\n"),
@@ -400,6 +400,38 @@ fn tcp_listener_errors() {
     );
     let (ok, err, _) = check(&format!(
         "{LISTENER}{pool}[[listener]]\nbind = \"127.0.0.1:5433\"\nmode = \"tcp\"\ndefault_pool = \"db\"\n[[access_log]]\nformat = \"tcplog\"\n"
+    ));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn udp_listener_errors() {
+    let pool = "[pool.dns]\n[[pool.dns.server]]\naddress = \"127.0.0.1:53\"\n";
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:5353\"\nmode = \"udp\"\n"),
+        "(udp) needs `default_pool`",
+    );
+    assert_message(
+        &format!("{pool}[[listener]]\nbind = \"127.0.0.1:5353\"\nresponses = 1\n"),
+        "is for `udp` listeners",
+    );
+    assert_message(
+        &format!(
+            "{pool}[[listener]]\nbind = \"127.0.0.1:5353\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nrouting = 1\n"
+        ),
+        "unknown key `routing`",
+    );
+    assert_message(
+        "[pool.dns]\n[pool.dns.check]\ntype = \"udp\"\n[[pool.dns.server]]\naddress = \"127.0.0.1:53\"\n",
+        "needs `payload_hex`",
+    );
+    assert_message(
+        "[pool.dns]\n[pool.dns.check]\ntype = \"udp\"\npayload_hex = \"0g\"\n[[pool.dns.server]]\naddress = \"127.0.0.1:53\"\n",
+        "is not hex bytes",
+    );
+    // a UDP listener may share a TCP listener's address
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}{pool}[[listener]]\nbind = \"127.0.0.1:3128\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nresponses = 0\ntimeout = \"2s\"\nmax_sessions = 100\n"
     ));
     assert!(ok, "{err}");
 }

@@ -19,3 +19,4 @@ mod netns_smoke;
 mod privileges;
 mod proxy_protocol;
 mod tcp;
+mod udp;

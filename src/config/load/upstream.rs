@@ -261,7 +261,17 @@ fn servers(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Vec<ServerConfig> 
 
 fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> {
     const KEYS: &[&str] = &[
-        "type", "interval", "timeout", "rise", "fall", "method", "path", "host", "expect",
+        "type",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "method",
+        "path",
+        "host",
+        "expect",
+        "payload_hex",
+        "expect_hex",
     ];
     let mut c = tab.table(cx, "check", KEYS)?;
     let cpath = format!("{path}.check");
@@ -316,6 +326,30 @@ fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> 
                 expect,
             }
         }
+        Some(("udp", span)) => {
+            let mut hex = |key: &'static str, c: &mut Tab<'_, '_>| -> Option<Vec<u8>> {
+                let (h, hspan) = c.str(cx, key)?;
+                match parse_hex(h) {
+                    Some(b) if !b.is_empty() => Some(b),
+                    _ => {
+                        cx.err(hspan, format!("`{cpath}.{key}`: `{h}` is not hex bytes"));
+                        None
+                    }
+                }
+            };
+            let payload = hex("payload_hex", &mut c);
+            let expect_bytes = hex("expect_hex", &mut c);
+            if payload.is_none() && !c.used.contains(&"payload_hex") {
+                cx.err(
+                    span,
+                    format!("`{cpath}` (udp) needs `payload_hex`, the datagram to send"),
+                );
+            }
+            CheckKind::Udp {
+                payload: payload.unwrap_or_default(),
+                expect: expect_bytes,
+            }
+        }
         Some(("tcp", _)) => {
             for (what, v) in [("method", &method), ("path", &cpath_s), ("expect", &expect)] {
                 if let Some((_, span)) = v {
@@ -328,7 +362,7 @@ fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> 
             CheckKind::Tcp
         }
         Some((other, span)) => {
-            cx.err(span, format!("`{cpath}.type` = `{other}`: expected http or tcp"));
+            cx.err(span, format!("`{cpath}.type` = `{other}`: expected http, tcp or udp"));
             CheckKind::Tcp
         }
     };
@@ -346,6 +380,18 @@ fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> 
         rise,
         fall,
     })
+}
+
+/// `"12ab 00ff"` -> bytes (spaces and colons ignored).
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !matches!(b, b' ' | b':')).collect();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
 }
 
 fn parse_status_range(s: &str) -> Option<(u16, u16)> {

@@ -1,0 +1,271 @@
+//! `udp` listeners: datagrams balanced over a pool in sessions keyed by the
+//! client's address and port (NGINX's `proxy_responses` / `proxy_timeout`).
+//!
+//! A new client gets a server slot and its own socket connected to that
+//! server; its datagrams go out on it and the server's answers come back
+//! through the listener's socket. With `responses = N`, the session ends once
+//! N answers per datagram have come back; a datagram with no answer within
+//! `timeout` counts as a failure for passive health and is sent again to
+//! another server (up to the pool's `retries`). Without answers expected
+//! (`responses = 0`) a session ends after `timeout` of silence. The session
+//! table is bounded by `max_sessions`. One log record per session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, UdpOptions};
+use crate::observe::record::{Record, ResultCode};
+use crate::runtime::State;
+use crate::upstream::backend::{Backend, Slot, source_key};
+
+/// Largest datagram accepted.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams queued per session before the next ones are dropped.
+const SESSION_QUEUE: usize = 64;
+
+/// Receives on one UDP listener until shutdown.
+pub async fn serve(state: Arc<State>, index: usize, socket: UdpSocket) {
+    let socket = Arc::new(socket);
+    let mut sessions: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut stop = state.shutdown_signal();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, client) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!("udp receive failed: {e}");
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
+        if let Some(tx) = sessions.get(&client) {
+            match tx.try_send(datagram) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    crate::observe::counters::Counters::inc(&state.counters.errors);
+                    continue;
+                }
+                // the session ended: this datagram starts a new one
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    sessions.remove(&client);
+                    start(&state, index, &socket, &mut sessions, client, d);
+                }
+            }
+        } else {
+            start(&state, index, &socket, &mut sessions, client, datagram);
+        }
+    }
+}
+
+fn start(
+    state: &Arc<State>,
+    index: usize,
+    socket: &Arc<UdpSocket>,
+    sessions: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    client: SocketAddr,
+    first: Bytes,
+) {
+    let cfg = state.config.load_full();
+    let Some(opts) = cfg.listeners[index].udp else { return };
+    if sessions.len() >= opts.max_sessions {
+        sessions.retain(|_, tx| !tx.is_closed());
+        if sessions.len() >= opts.max_sessions {
+            crate::observe::counters::Counters::inc(&state.counters.errors);
+            tracing::debug!(%client, "udp session table full ({}); datagram dropped", opts.max_sessions);
+            return;
+        }
+    }
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    let _ = tx.try_send(first);
+    sessions.insert(client, tx);
+    tokio::spawn(session(state.clone(), cfg, index, socket.clone(), client, rx, opts));
+}
+
+/// One client's session.
+async fn session(
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    index: usize,
+    listener: Arc<UdpSocket>,
+    client: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+    opts: UdpOptions,
+) {
+    let l = &cfg.listeners[index];
+    let local = listener.local_addr().unwrap_or(l.bind);
+    let mut rec = Record::new(SystemTime::now(), client, local, l.name.clone());
+    rec.method = http::Method::from_bytes(b"UDP").unwrap_or(http::Method::GET);
+    rec.result = ResultCode::TcpTunnel;
+    let started = Instant::now();
+    let _busy = state.busy();
+    let facts = crate::policy::acl::Facts {
+        src: client.ip(),
+        method: &http::Method::GET,
+        host: "",
+        port: l.bind.port(),
+        dst: None,
+        user: None,
+    };
+    let finish = |mut rec: Record| {
+        rec.active = started.elapsed();
+        rec.total = rec.active;
+        crate::observe::counters::Counters::inc(&state.counters.transactions);
+        state.log.submit(rec);
+    };
+    if !l.access.check(&cfg.acls, &facts).is_allow() {
+        rec.result = ResultCode::TcpDenied;
+        rec.termination = *b"PR";
+        finish(rec);
+        return;
+    }
+    let Some(backend) = l.tcp_pool.and_then(|i| state.backends.get(i)).cloned() else {
+        return;
+    };
+    rec.backend = Some(backend.cfg.name.clone());
+    let key = source_key(client.ip());
+    let mut exclude = Vec::new();
+    let Some((mut slot, mut up)) = connect(&backend, &key, &mut exclude, &mut rec).await else {
+        finish(rec);
+        return;
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // the last datagram sent and the answers still expected for it
+    let mut last: Option<Bytes> = None;
+    let mut waiting = 0u32;
+    let mut deadline = tokio::time::Instant::now() + opts.timeout;
+    let mut answered_any = false;
+    loop {
+        tokio::select! {
+            d = rx.recv() => {
+                let Some(d) = d else { break };
+                rec.bytes_from_client += d.len() as u64;
+                if up.send(&d).await.is_err() {
+                    rec.termination = *b"SD";
+                    break;
+                }
+                waiting = opts.responses.unwrap_or(1);
+                last = Some(d);
+                answered_any = false;
+                deadline = tokio::time::Instant::now() + opts.timeout;
+            }
+            r = up.recv(&mut buf) => {
+                let n = match r {
+                    Ok(n) => n,
+                    // ICMP port unreachable: treated as no answer
+                    Err(_) => { tokio::time::sleep_until(deadline).await; 0 }
+                };
+                if n > 0 {
+                    if listener.send_to(&buf[..n], client).await.is_err() {
+                        rec.termination = *b"CD";
+                        break;
+                    }
+                    rec.bytes_to_client += n as u64;
+                    answered_any = true;
+                    waiting = waiting.saturating_sub(1);
+                    deadline = tokio::time::Instant::now() + opts.timeout;
+                    if opts.responses.is_some() && waiting == 0 && rx.is_empty() {
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let expected = opts.responses != Some(0) && last.is_some() && !answered_any;
+                if !expected {
+                    // silence after the answers (or none expected): the session is over
+                    break;
+                }
+                let why = format!("no answer within {} ms", opts.timeout.as_millis());
+                if slot.server().failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why) {
+                    tracing::warn!(pool = %backend.cfg.name, server = %slot.server().cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
+                }
+                if rec.retries >= backend.cfg.retries {
+                    rec.termination = *b"sD";
+                    break;
+                }
+                rec.retries += 1;
+                exclude.push(slot.server);
+                drop(slot);
+                match connect(&backend, &key, &mut exclude, &mut rec).await {
+                    Some((s, u)) => {
+                        slot = s;
+                        up = u;
+                    }
+                    None => {
+                        finish(rec);
+                        return;
+                    }
+                }
+                if let Some(d) = &last {
+                    let _ = up.send(d).await;
+                }
+                deadline = tokio::time::Instant::now() + opts.timeout;
+            }
+        }
+    }
+    rec.counts = Some([
+        0,
+        0,
+        backend.active.load(std::sync::atomic::Ordering::Relaxed),
+        slot.server().active.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        0,
+    ]);
+    drop(slot);
+    finish(rec);
+}
+
+/// A slot and a socket connected to the chosen server.
+async fn connect(
+    backend: &Arc<Backend>,
+    key: &[u8],
+    exclude: &mut Vec<usize>,
+    rec: &mut Record,
+) -> Option<(Slot, UdpSocket)> {
+    loop {
+        let slot = match backend.acquire(None, key, exclude).await {
+            Ok(s) => s,
+            Err((_, waited)) => {
+                rec.timers.queue = Some(rec.timers.queue.unwrap_or_default() + waited);
+                rec.termination = *b"SC";
+                return None;
+            }
+        };
+        let addr = slot.server().cfg.addr;
+        rec.server = Some(slot.server().cfg.name.clone());
+        rec.upstream = Some(addr);
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = match UdpSocket::bind(bind).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot open a UDP socket: {e}");
+                rec.termination = *b"PC";
+                return None;
+            }
+        };
+        match sock.connect(addr).await {
+            Ok(()) => {
+                rec.upstream_local = sock.local_addr().ok();
+                rec.timers.connect = Some(Duration::ZERO);
+                return Some((slot, sock));
+            }
+            Err(e) => {
+                slot.server()
+                    .failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &e.to_string());
+                exclude.push(slot.server);
+            }
+        }
+    }
+}
