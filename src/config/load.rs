@@ -350,6 +350,25 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let auth = auth(&mut cx, &mut root);
     check_auth_use(&mut cx, &acls, &listeners, admin.as_ref(), auth.is_some());
     let run_as = run_as(&mut cx, &mut root);
+    if run_as.is_some()
+        && let Some(p) = pools
+            .iter()
+            .find(|p| p.source != crate::config::upstream::SourceMode::Local)
+    {
+        let span = root
+            .t
+            .iter()
+            .find(|(k, _)| k.get_ref() == "user")
+            .map(|(_, v)| v.span())
+            .unwrap_or(0..0);
+        cx.err(
+            span,
+            format!(
+                "pool `{}` sends from the client's address, which needs CAP_NET_ADMIN; switching to `user` gives it up: run without `user` (as root or with the capability)",
+                p.name
+            ),
+        );
+    }
     let egress = egress::egress(&mut cx, &mut root, &acls, &listeners, &visible_hostname);
     root.finish(&mut cx);
 
@@ -1007,6 +1026,36 @@ fn listeners(
                 (None, tls)
             }
         };
+        // the pools this listener sends to, and what their `source` asks of it
+        let used: Vec<usize> = match (&http, tcp_pool) {
+            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
+            (None, Some(p)) => vec![p],
+            _ => Vec::new(),
+        };
+        for &p in &used {
+            use crate::config::upstream::SourceMode;
+            let pool = &pools[p];
+            if pool.source == SourceMode::ClientPort {
+                let dsr_ok = mode == Mode::Udp && udp.is_some_and(|u| u.responses == Some(0));
+                if !dsr_ok {
+                    cx.err(
+                        tab.span.clone(),
+                        format!(
+                            "`{lpath}`: pool `{}` has `source = \"client-port\"` (direct server return), which needs a `udp` listener with `responses = 0`",
+                            pool.name
+                        ),
+                    );
+                } else if pool.check.is_none() {
+                    cx.err(
+                        tab.span.clone(),
+                        format!(
+                            "`{lpath}`: pool `{}` returns answers directly to clients, so only active checks can see its servers: add `[pool.{}.check]`",
+                            pool.name, pool.name
+                        ),
+                    );
+                }
+            }
+        }
         tab.finish(cx);
         if let Some(bind) = bind {
             out.push(ListenerConfig {

@@ -108,6 +108,20 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<u8>,
     /// TLS to the servers.
     pub tls: Option<UpstreamTls>,
+    /// Connections to the servers leave from the client's address (IP transparency).
+    pub source: SourceMode,
+}
+
+/// Where connections to a pool's servers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SourceMode {
+    /// This host's own address.
+    #[default]
+    Local,
+    /// The client's address (`IP_TRANSPARENT`).
+    Client,
+    /// The client's address and port (UDP direct server return).
+    ClientPort,
 }
 
 /// TLS from sekisho to a pool's servers.

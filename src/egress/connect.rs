@@ -85,6 +85,68 @@ pub async fn connect_via(addr: SocketAddr, via: &Egress<'_>, timeout: Duration) 
     }
 }
 
+/// Connects to `addr` from `src`, an address that need not be this host's
+/// (`IP_TRANSPARENT`: the client's address for a transparent load balancer).
+pub async fn connect_from(addr: SocketAddr, src: SocketAddr, timeout: Duration) -> Result<TcpStream, AttemptError> {
+    let local = |failure: String| AttemptError {
+        addr,
+        failure: Failure::Local(failure),
+    };
+    let sock = transparent_socket(src, Type::STREAM, Protocol::TCP).map_err(local)?;
+    let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
+    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(AttemptError {
+            addr,
+            failure: Failure::Refused(e),
+        }),
+        Err(_) => Err(AttemptError {
+            addr,
+            failure: Failure::Timeout,
+        }),
+    }
+}
+
+/// A non-blocking socket bound to `src` with `IP_TRANSPARENT` (TCP or UDP).
+pub fn transparent_socket(src: SocketAddr, ty: Type, proto: Protocol) -> Result<Socket, String> {
+    let sock =
+        Socket::new(Domain::for_address(src), ty, Some(proto)).map_err(|e| format!("cannot create a socket: {e}"))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| format!("cannot make the socket non-blocking: {e}"))?;
+    let r = if src.is_ipv4() {
+        sock.set_ip_transparent_v4(true)
+    } else {
+        sock.set_ip_transparent_v6(true)
+    };
+    r.map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            " (sending from the client's address needs CAP_NET_ADMIN or CAP_NET_RAW)"
+        } else {
+            ""
+        };
+        format!("cannot set IP_TRANSPARENT: {e}{hint}")
+    })?;
+    let _ = sock.set_reuse_address(true);
+    sock.bind(&src.into())
+        .map_err(|e| format!("cannot bind the client's address {src}: {e}"))?;
+    Ok(sock)
+}
+
+/// Whether this process may use `IP_TRANSPARENT` (CAP_NET_ADMIN), for the
+/// start-up check of transparent pools.
+pub fn can_be_transparent(v6: bool) -> Result<(), std::io::Error> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if v6 {
+        sock.set_ip_transparent_v6(true)
+    } else {
+        sock.set_ip_transparent_v4(true)
+    }
+}
+
 /// A non-blocking socket with the mark, device and source address set.
 fn prepare(addr: SocketAddr, choice: &Choice, source: Option<IpAddr>) -> Result<Socket, String> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))

@@ -630,9 +630,11 @@ async fn send_once(
     response_timeout: Duration,
 ) -> Attempt {
     let state = txn.conn.state.clone();
+    // a transparent pool's connections carry the client's address: reused only for that client
+    let transparent = backend.cfg.source != crate::config::upstream::SourceMode::Local;
     let key = Key {
         dst: addr,
-        src: None,
+        src: transparent.then(|| txn.conn.session.client.ip()),
         route: crate::relay::pool::Route::Pool(backend.index),
     };
     let pooled = if backend.cfg.proxy_protocol.is_none() {
@@ -686,9 +688,15 @@ async fn send_once(
 async fn fresh(txn: &mut Txn, backend: &Backend, addr: SocketAddr) -> Result<Sender, Failed> {
     let t0 = Instant::now();
     let state = txn.conn.state.clone();
-    let mut stream = connect::connect(addr, txn.conn.cfg.timeouts.connect)
-        .await
-        .map_err(|e| Failed::Connect(e.to_string()))?;
+    let timeout = txn.conn.cfg.timeouts.connect;
+    let connected = match backend.cfg.source {
+        crate::config::upstream::SourceMode::Local => connect::connect(addr, timeout).await,
+        _ => {
+            let from = SocketAddr::new(txn.conn.session.client.ip(), 0);
+            connect::connect_from(addr, from, timeout).await
+        }
+    };
+    let mut stream = connected.map_err(|e| Failed::Connect(e.to_string()))?;
     Counters::inc(&state.counters.upstream_connects);
     txn.rec.timers.connect = Some(t0.elapsed());
     txn.rec.upstream_local = stream.local_addr().ok();

@@ -166,7 +166,11 @@ async fn open(
     session: &Session,
     timeout: Duration,
 ) -> Result<ServerStream, String> {
-    let mut s = connect::connect(addr, timeout).await.map_err(|e| e.to_string())?;
+    let connected = match backend.cfg.source {
+        crate::config::upstream::SourceMode::Local => connect::connect(addr, timeout).await,
+        _ => connect::connect_from(addr, std::net::SocketAddr::new(session.client.ip(), 0), timeout).await,
+    };
+    let mut s = connected.map_err(|e| e.to_string())?;
     if let Some(v) = backend.cfg.proxy_protocol {
         let header = crate::listen::proxy_protocol::encode(v, session.client, session.local);
         s.write_all(&header)

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::config::upstream::SourceMode;
 use crate::config::{Config, UdpOptions};
 use crate::observe::record::{Record, ResultCode};
 use crate::runtime::State;
@@ -133,7 +134,7 @@ async fn session(
     rec.backend = Some(backend.cfg.name.clone());
     let key = source_key(client.ip());
     let mut exclude = Vec::new();
-    let Some((mut slot, mut up)) = connect(&backend, &key, &mut exclude, &mut rec).await else {
+    let Some((mut slot, mut up)) = connect(&backend, client, &key, &mut exclude, &mut rec).await else {
         finish(rec);
         return;
     };
@@ -156,6 +157,11 @@ async fn session(
                 last = Some(d);
                 answered_any = false;
                 deadline = tokio::time::Instant::now() + opts.timeout;
+                if backend.cfg.source == SourceMode::ClientPort {
+                    // direct server return: the answer goes straight to the
+                    // client; no state is kept and the socket is freed now
+                    break;
+                }
             }
             r = up.recv(&mut buf) => {
                 let n = match r {
@@ -194,7 +200,7 @@ async fn session(
                 rec.retries += 1;
                 exclude.push(slot.server);
                 drop(slot);
-                match connect(&backend, &key, &mut exclude, &mut rec).await {
+                match connect(&backend, client, &key, &mut exclude, &mut rec).await {
                     Some((s, u)) => {
                         slot = s;
                         up = u;
@@ -226,6 +232,7 @@ async fn session(
 /// A slot and a socket connected to the chosen server.
 async fn connect(
     backend: &Arc<Backend>,
+    client: SocketAddr,
     key: &[u8],
     exclude: &mut Vec<usize>,
     rec: &mut Record,
@@ -242,12 +249,31 @@ async fn connect(
         let addr = slot.server().cfg.addr;
         rec.server = Some(slot.server().cfg.name.clone());
         rec.upstream = Some(addr);
-        let bind: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        let opened = match backend.cfg.source {
+            SourceMode::Local => {
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                UdpSocket::bind(bind).await.map_err(|e| e.to_string())
+            }
+            // from the client's address (and port, for direct server return)
+            mode => {
+                let port = if mode == SourceMode::ClientPort {
+                    client.port()
+                } else {
+                    0
+                };
+                crate::egress::connect::transparent_socket(
+                    SocketAddr::new(client.ip(), port),
+                    socket2::Type::DGRAM,
+                    socket2::Protocol::UDP,
+                )
+                .and_then(|s| UdpSocket::from_std(s.into()).map_err(|e| e.to_string()))
+            }
         };
-        let sock = match UdpSocket::bind(bind).await {
+        let sock = match opened {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot open a UDP socket: {e}");

@@ -168,6 +168,39 @@ pub fn log_figures(state: &State) -> (u64, u64) {
     (state.log.written(), state.log.dropped())
 }
 
+/// Pools that send from the client's address need CAP_NET_ADMIN: without
+/// it, the start fails naming the listener, instead of every request failing.
+fn check_transparency(cfg: &Config) -> Result<(), String> {
+    use crate::config::upstream::SourceMode;
+    for l in &cfg.listeners {
+        let pools: Vec<usize> = match (&l.http, l.tcp_pool) {
+            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
+            (None, Some(p)) => vec![p],
+            _ => Vec::new(),
+        };
+        for p in pools {
+            let pool = &cfg.pools[p];
+            if pool.source == SourceMode::Local {
+                continue;
+            }
+            let v6 = l.bind.is_ipv6();
+            if let Err(e) = crate::egress::connect::can_be_transparent(v6) {
+                return Err(format!(
+                    "listener `{}`: pool `{}` sends from the client's address (source = \"{}\"), which needs CAP_NET_ADMIN (or CAP_NET_RAW) for IP_TRANSPARENT: {e}",
+                    l.name,
+                    pool.name,
+                    if pool.source == SourceMode::Client {
+                        "client"
+                    } else {
+                        "client-port"
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Binds every listener, starts the daemon, and runs until SIGTERM/SIGINT,
 /// then drains. Errors that stop the start are returned as one clear line.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -200,6 +233,7 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
             .map_err(fail)?;
         listeners.push((i, sock));
     }
+    check_transparency(&cfg)?;
     let admin = match &cfg.admin {
         Some(a) => Some(
             crate::listen::bind_tcp(a.bind)

@@ -435,3 +435,32 @@ fn udp_listener_errors() {
     ));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn transparency_and_dsr_rules() {
+    let dsr_pool = "[pool.dns]\nsource = \"client-port\"\n[[pool.dns.server]]\naddress = \"127.0.0.1:53\"\n";
+    assert_message(
+        &format!(
+            "{dsr_pool}[[listener]]\nbind = \"127.0.0.1:5353\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nresponses = 1\n"
+        ),
+        "needs a `udp` listener with `responses = 0`",
+    );
+    assert_message(
+        &format!(
+            "{dsr_pool}[[listener]]\nbind = \"127.0.0.1:5353\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nresponses = 0\n"
+        ),
+        "only active checks can see its servers",
+    );
+    assert_message(
+        "[pool.p]\nsource = \"elsewhere\"\n[[pool.p.server]]\naddress = \"127.0.0.1:1\"\n",
+        "expected local, client or client-port",
+    );
+    let (ok, err, _) = check(&format!(
+        "user = \"root\"\n{LISTENER}[pool.p]\nsource = \"client\"\n[[pool.p.server]]\naddress = \"127.0.0.1:1\"\n"
+    ));
+    assert!(!ok && err.contains("needs CAP_NET_ADMIN"), "{err}");
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}[pool.dns]\nsource = \"client-port\"\n[pool.dns.check]\ntype = \"udp\"\npayload_hex = \"00\"\n[[pool.dns.server]]\naddress = \"127.0.0.1:53\"\n[[listener]]\nbind = \"127.0.0.1:5353\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nresponses = 0\n"
+    ));
+    assert!(ok, "{err}");
+}

@@ -19,4 +19,5 @@ mod netns_smoke;
 mod privileges;
 mod proxy_protocol;
 mod tcp;
+mod transparency;
 mod udp;

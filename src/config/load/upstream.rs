@@ -39,6 +39,7 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
         "tls_ca_file",
         "tls_server_name",
         "tls_verify",
+        "source",
     ];
     for (k, v) in t.iter() {
         let name = k.get_ref().to_string();
@@ -94,6 +95,18 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
             Some(n) => Some(n as u8),
         };
         let tls = upstream_tls(cx, &mut tab, &path);
+        let source = match tab.str(cx, "source") {
+            None | Some(("local", _)) => SourceMode::Local,
+            Some(("client", _)) => SourceMode::Client,
+            Some(("client-port", _)) => SourceMode::ClientPort,
+            Some((o, span)) => {
+                cx.err(
+                    span,
+                    format!("`{path}.source` = `{o}`: expected local, client or client-port"),
+                );
+                SourceMode::Local
+            }
+        };
         tab.finish(cx);
         out.push(PoolConfig {
             name: name.into(),
@@ -110,6 +123,7 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
             stick,
             proxy_protocol,
             tls,
+            source,
         });
     }
     out
