@@ -196,7 +196,55 @@ fn routes(cfg: &config::Config, source: &str, apply: bool, remove: bool) -> Exit
             }
         }
     }
+    if let Some(script) = &plan.nft {
+        match nft(script, remove) {
+            Ok(msg) => println!("{msg}"),
+            Err(e) => {
+                eprintln!("sekisho routes: {e}");
+                failed = true;
+            }
+        }
+    }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// Installs (or deletes) the nft table that marks transparent pools' answers.
+fn nft(script: &str, remove: bool) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let table = crate::egress::routes::NFT_TABLE;
+    let input = if remove {
+        let mut s = String::new();
+        for family in ["ip", "ip6"] {
+            if script.contains(&format!("table {family} {table} {{}}")) {
+                // an empty definition first, so deleting an absent table is no error
+                s.push_str(&format!("table {family} {table} {{}}\ndelete table {family} {table}\n"));
+            }
+        }
+        s
+    } else {
+        script.to_string()
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft (package nftables): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("cannot write to nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(if remove {
+        format!("removed: nft table {table}")
+    } else {
+        format!("applied: nft table {table} (marks the transparent pools' answers)")
+    })
 }
 
 /// Reads a password: from the terminal without echo (asked twice), or the

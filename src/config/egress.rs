@@ -34,6 +34,10 @@ pub struct Egress {
     pub parent_next: AtomicUsize,
     /// The routing protocol number put on the rules and routes `sekisho routes --apply` adds.
     pub route_protocol: u8,
+    /// Transparent pools: the mark put on the servers' answers, and the table
+    /// that delivers marked packets to this host.
+    pub capture_mark: u32,
+    pub capture_table: u32,
     pub pac: Pac,
 }
 

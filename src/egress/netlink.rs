@@ -71,6 +71,8 @@ const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_NOWHERE: u8 = 255;
 const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
+const RT_SCOPE_HOST: u8 = 254;
 /// `rtm_table` / `fib_rule_hdr.table` when the real id is in the u32 attribute.
 const RT_TABLE_UNSPEC: u8 = 0;
 /// Metric the kernel gives an IPv6 route added without RTA_PRIORITY.
@@ -103,6 +105,8 @@ pub enum Item {
         dev: String,
         prefsrc: Option<IpAddr>,
         scope_link: bool,
+        /// `ip route add local ...`: deliver to this host (scope host).
+        local: bool,
     },
     /// `ip rule add [from NET] [fwmark M] lookup T priority P proto P`
     Rule {
@@ -142,9 +146,11 @@ impl Item {
                 dev,
                 prefsrc,
                 scope_link,
+                local,
             } => {
                 let six = if dst.addr().is_ipv6() { " -6" } else { "" };
-                let _ = write!(s, "ip{six} route {verb} {}", dst_text(dst));
+                let kind = if *local { "local " } else { "" };
+                let _ = write!(s, "ip{six} route {verb} {kind}{}", dst_text(dst));
                 if let Some(gw) = gateway {
                     let _ = write!(s, " via {gw}");
                 }
@@ -381,6 +387,7 @@ impl Netlink {
                 gateway,
                 prefsrc,
                 scope_link,
+                local,
                 ..
             } => {
                 let routes: Vec<KernelRoute> = entries.iter().filter_map(|m| KernelRoute::parse(m)).collect();
@@ -394,13 +401,15 @@ impl Netlink {
                 let v6 = dst.addr().is_ipv6();
                 let identical = |r: &&KernelRoute| {
                     r.protocol == proto
-                        && r.kind == RTN_UNICAST
+                        && r.kind == if *local { RTN_LOCAL } else { RTN_UNICAST }
                         && !r.multipath
                         && r.gateway == *gateway
                         && r.oif == oif
                         && r.prefsrc == *prefsrc
                         // IPv6 routes have no scope: dumps always say universe.
-                        && (v6 || r.scope == if *scope_link { RT_SCOPE_LINK } else { RT_SCOPE_UNIVERSE })
+                        && (v6
+                            || *local
+                            || r.scope == if *scope_link { RT_SCOPE_LINK } else { RT_SCOPE_UNIVERSE })
                         && r.priority == if v6 { IP6_RT_PRIO_USER } else { 0 }
                 };
                 let slot: Vec<&KernelRoute> = routes.iter().filter(same_slot).collect();
@@ -665,18 +674,21 @@ fn request(item: &Item, family: u8, oif: Option<u32>, proto: u8, add: bool, seq:
             gateway,
             prefsrc,
             scope_link,
+            local,
             ..
         } => {
             // Deleting with scope "nowhere" matches a route of any scope.
-            let scope = match (add, scope_link) {
-                (false, _) => RT_SCOPE_NOWHERE,
-                (true, true) => RT_SCOPE_LINK,
-                (true, false) => RT_SCOPE_UNIVERSE,
+            let scope = match (add, scope_link, local) {
+                (false, _, _) => RT_SCOPE_NOWHERE,
+                (true, _, true) => RT_SCOPE_HOST,
+                (true, true, false) => RT_SCOPE_LINK,
+                (true, false, false) => RT_SCOPE_UNIVERSE,
             };
+            let rtype = if *local { RTN_LOCAL } else { RTN_UNICAST };
             // struct rtmsg: family, dst_len, src_len, tos, table, protocol,
             // scope, type (then flags, 0).
             let table8 = short_table(*table);
-            let header = [family, dst.prefix_len(), 0, 0, table8, proto, scope, RTN_UNICAST];
+            let header = [family, dst.prefix_len(), 0, 0, table8, proto, scope, rtype];
             let kind = if add { RTM_NEWROUTE } else { RTM_DELROUTE };
             let mut req = Request::new(kind, flags, seq, &header);
             if dst.prefix_len() > 0 {
@@ -1038,6 +1050,7 @@ mod tests {
             dev: dev.to_string(),
             prefsrc: prefsrc.map(|s| s.parse().unwrap()),
             scope_link,
+            local: false,
         }
     }
 

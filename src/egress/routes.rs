@@ -18,7 +18,15 @@ pub struct Plan {
     /// Egress settings no uplink routes (printed as comments).
     pub notes: Vec<String>,
     pub protocol: u8,
+    /// The nft script that marks the answers of transparent pools' servers
+    /// (applied with `nft -f`), when there are such pools.
+    pub nft: Option<String>,
+    /// Commands for other hosts (the servers, a router): printed, never applied.
+    pub elsewhere: Vec<String>,
 }
+
+/// The nft table `--apply` creates for transparent pools.
+pub const NFT_TABLE: &str = "sekisho_capture";
 
 impl Plan {
     pub fn items(&self) -> impl DoubleEndedIterator<Item = &Item> {
@@ -44,6 +52,7 @@ pub fn plan(cfg: &Config) -> Plan {
                 dev: u.interface.clone(),
                 prefsrc: Some(u.address.addr()),
                 scope_link: true,
+                local: false,
             });
         }
         let any = if v6 {
@@ -59,6 +68,7 @@ pub fn plan(cfg: &Config) -> Plan {
             dev: u.interface.clone(),
             prefsrc: None,
             scope_link: u.gateway.is_none(),
+            local: false,
         });
         let mut sources = vec![u.address.addr()];
         for p in &e.source_pools {
@@ -115,10 +125,194 @@ pub fn plan(cfg: &Config) -> Plan {
             ));
         }
     }
+    let mut nft = None;
+    let mut elsewhere = Vec::new();
+    transparency(cfg, &mut sections, &mut nft, &mut elsewhere);
     Plan {
         sections,
         notes,
         protocol: e.route_protocol,
+        nft,
+        elsewhere,
+    }
+}
+
+/// The capture of transparent pools' return traffic on this host, the
+/// default route each of their servers needs, and the stateless source
+/// rewrite of direct server return.
+fn transparency(
+    cfg: &Config,
+    sections: &mut Vec<(String, Vec<Item>)>,
+    nft: &mut Option<String>,
+    elsewhere: &mut Vec<String>,
+) {
+    use crate::config::Mode;
+    use crate::config::upstream::SourceMode;
+    let e = &cfg.egress;
+    let mut marks: Vec<(IpAddr, u16, &'static str)> = Vec::new();
+    for l in &cfg.listeners {
+        let pools: Vec<usize> = match (&l.http, l.tcp_pool) {
+            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
+            (None, Some(p)) => vec![p],
+            _ => Vec::new(),
+        };
+        let l4 = if l.mode == Mode::Udp { "udp" } else { "tcp" };
+        for p in pools {
+            let pool = &cfg.pools[p];
+            match pool.source {
+                SourceMode::Local => {}
+                SourceMode::Client => {
+                    for s in &pool.servers {
+                        if !marks.contains(&(s.addr.ip(), s.addr.port(), l4)) {
+                            marks.push((s.addr.ip(), s.addr.port(), l4));
+                        }
+                    }
+                }
+                SourceMode::ClientPort => {
+                    let vip = l.bind.ip();
+                    for s in &pool.servers {
+                        let (ip, port) = (s.addr.ip(), s.addr.port());
+                        elsewhere.push(format!(
+                            "# direct server return, pool {}: answers from {ip}:{port} must leave with the listener's address {vip}",
+                            pool.name
+                        ));
+                        elsewhere.push(
+                            "# with tc (stateless NAT), on the server's interface towards the clients (origin NAT) or on the router (router NAT):".into(),
+                        );
+                        elsewhere.push("tc qdisc add dev DEV root handle 10: htb".into());
+                        elsewhere.push(format!(
+                            "tc filter add dev DEV parent 10: protocol ip prio 10 u32 match ip src {ip}/32 match ip sport {port} 0xffff action nat egress {ip}/32 {vip}"
+                        ));
+                        elsewhere.push("# or with nft, for kernels without act_nat:".into());
+                        elsewhere.push(format!(
+                            "nft add table ip sekisho_dsr; nft 'add chain ip sekisho_dsr post {{ type filter hook postrouting priority 300; }}'; nft add rule ip sekisho_dsr post ip saddr {ip} udp sport {port} ip saddr set {vip}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if marks.is_empty() {
+        return;
+    }
+    let mut items = Vec::new();
+    for v6 in [false, true] {
+        if !marks.iter().any(|(ip, _, _)| ip.is_ipv6() == v6) {
+            continue;
+        }
+        items.push(Item::Rule {
+            priority: 900,
+            from: None,
+            fwmark: Some(e.capture_mark),
+            table: e.capture_table,
+            ipv6: v6,
+        });
+        let any = if v6 {
+            IpNet::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+        } else {
+            IpNet::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+        }
+        .expect("a /0 network");
+        items.push(Item::Route {
+            table: e.capture_table,
+            dst: any,
+            gateway: None,
+            dev: "lo".into(),
+            prefsrc: None,
+            scope_link: false,
+            local: true,
+        });
+    }
+    sections.push((
+        format!(
+            "transparency: the servers' answers to client addresses are delivered to this host (mark {:#x}, table {})",
+            e.capture_mark, e.capture_table
+        ),
+        items,
+    ));
+    let mut script = String::new();
+    for (family, v6) in [("ip", false), ("ip6", true)] {
+        let rules: Vec<String> = marks
+            .iter()
+            .filter(|(ip, _, _)| ip.is_ipv6() == v6)
+            .map(|(ip, port, l4)| {
+                format!(
+                    "    {family} saddr {ip} {l4} sport {port} meta mark set {:#x}",
+                    e.capture_mark
+                )
+            })
+            .collect();
+        if rules.is_empty() {
+            continue;
+        }
+        script.push_str(&format!(
+            "table {family} {NFT_TABLE} {{}}\nflush table {family} {NFT_TABLE}\ntable {family} {NFT_TABLE} {{\n  chain pre {{\n    type filter hook prerouting priority mangle;\n{}\n  }}\n}}\n",
+            rules.join("\n")
+        ));
+    }
+    *nft = Some(script);
+    let servers: Vec<String> = marks.iter().map(|(ip, _, _)| ip.to_string()).collect();
+    elsewhere.push(format!(
+        "# on each server of a transparent pool ({}): the default route via this host's address on its network, e.g.",
+        servers.join(", ")
+    ));
+    for (ip, _, _) in &marks {
+        let via = local_address_towards(*ip).map_or_else(|| "THIS_HOST".to_string(), |a| a.to_string());
+        let six = if ip.is_ipv6() { " -6" } else { "" };
+        elsewhere.push(format!("#   on {ip}: ip{six} route replace default via {via}"));
+    }
+}
+
+/// This host's address on the network of `ip`, if it has one.
+fn local_address_towards(ip: IpAddr) -> Option<IpAddr> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; we only read it.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` walks the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: the address and mask point to sockaddrs of the family they name.
+        let (addr, mask) = unsafe { (sockaddr_ip(ifa.ifa_addr), sockaddr_ip(ifa.ifa_netmask)) };
+        if let (Some(a), Some(m)) = (addr, mask)
+            && let Ok(net) = IpNet::with_netmask(a, m)
+            && net.contains(&ip)
+            && a != ip
+        {
+            found = Some(a);
+            break;
+        }
+    }
+    // SAFETY: the list came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
+}
+
+/// The IP address of a `sockaddr` (IPv4 or IPv6).
+///
+/// # Safety
+/// `sa` must point to a valid sockaddr of the family it names.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    // SAFETY: the caller guarantees `sa` is valid for its family.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -132,6 +326,19 @@ pub fn render(plan: &Plan, source: &str) -> String {
         out.push_str(&format!("# {title}\n"));
         for it in items {
             out.push_str(&it.command(plan.protocol));
+            out.push('\n');
+        }
+    }
+    if let Some(script) = &plan.nft {
+        out.push_str("# mark the transparent pools' answers (--apply runs this with nft -f):\n");
+        out.push_str("nft -f - <<'NFT'\n");
+        out.push_str(script);
+        out.push_str("NFT\n");
+    }
+    if !plan.elsewhere.is_empty() {
+        out.push_str("# ---- for other hosts (printed only, never applied):\n");
+        for l in &plan.elsewhere {
+            out.push_str(l);
             out.push('\n');
         }
     }

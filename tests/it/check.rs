@@ -464,3 +464,13 @@ fn transparency_and_dsr_rules() {
     ));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn capture_keys() {
+    assert_message("[egress]\ncapture_table = 255\n", "reserved table");
+    assert_message("[egress]\ncapture_mark = 0\n", "between 1 and");
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}[egress]\ncapture_mark = 0x20\ncapture_table = 120\n"
+    ));
+    assert!(ok, "{err}");
+}

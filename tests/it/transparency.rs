@@ -26,24 +26,6 @@ fn servers_see_the_clients_address() {
     net.addr(&up, "u0", "172.16.0.12/24");
     net.run(&up, "ip", &["route", "add", "default", "via", "172.16.0.1"]);
     net.forwarding(&px);
-    // the proxy host delivers the servers' answers to the client's address locally (the seed's capture)
-    net.run(&px, "ip", &["rule", "add", "fwmark", "1", "lookup", "100"]);
-    net.run(
-        &px,
-        "ip",
-        &["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"],
-    );
-    net.run(&px, "nft", &["add", "table", "ip", "capture"]);
-    net.run(
-        &px,
-        "nft",
-        &["add chain ip capture pre { type filter hook prerouting priority -150 ; }"],
-    );
-    net.run(
-        &px,
-        "nft",
-        &["add rule ip capture pre ip saddr 172.16.0.0/24 tcp sport { 8080, 9090 } meta mark set 1"],
-    );
     let web = net.origin(&up, sa("172.16.0.11:8080"));
     let tcp_svc = net.origin(&up, sa("172.16.0.12:9090"));
 
@@ -72,6 +54,38 @@ style = "haproxy"
 format = "%ft %ci %si %bi %ST"
 "#;
     let mut s = net.sekisho(&px, config, sa("192.168.99.10:80"));
+    let cfg = s.dir().join("sekisho.toml");
+    let cfg = cfg.to_str().unwrap();
+    // the plan: the seed's capture of the servers' answers, and what the servers need
+    let plan = net.run(&px, bin(), &["routes", "-c", cfg]);
+    for line in [
+        "ip rule add fwmark 0x1 lookup 100 priority 900 proto 157",
+        "ip route add local default dev lo table 100 proto 157",
+        "    ip saddr 172.16.0.11 tcp sport 8080 meta mark set 0x1",
+        "    ip saddr 172.16.0.12 tcp sport 9090 meta mark set 0x1",
+        "#   on 172.16.0.11: ip route replace default via 172.16.0.1",
+    ] {
+        assert!(plan.lines().any(|l| l == line), "missing `{line}` in:\n{plan}");
+    }
+    // without the capture the answers never reach sekisho
+    let o = net.curl(
+        &cl,
+        &[
+            "-s",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://192.168.99.10:80/who",
+        ],
+    );
+    assert_ne!(String::from_utf8_lossy(&o.stdout), "200", "no capture yet");
+    let applied = net.run(&px, bin(), &["routes", "-c", cfg, "--apply"]);
+    assert!(applied.contains("applied: nft table sekisho_capture"), "{applied}");
+    let again = net.run(&px, bin(), &["routes", "-c", cfg, "--apply"]);
+    assert_eq!(again.matches("present:").count(), 2, "idempotent: {again}");
     for (port, origin) in [(80, &web), (90, &tcp_svc)] {
         let o = net.curl(
             &cl,
@@ -102,7 +116,32 @@ format = "%ft %ci %si %bi %ST"
         "the source address in the log: {}",
         s.stdout()
     );
+    let removed = net.run(&px, bin(), &["routes", "-c", cfg, "--remove"]);
+    assert_eq!(removed.matches("removed:").count(), 3, "{removed}");
+    assert!(!net.run(&px, "ip", &["rule", "show"]).contains("lookup 100"));
+    assert!(!net.run(&px, "nft", &["list", "tables"]).contains("sekisho_capture"));
     s.stop();
+}
+
+/// The plan for direct server return: the stateless source rewrite as tc and as nft.
+#[test]
+fn dsr_plan_prints_the_source_rewrite() {
+    let dir = TempDir::new();
+    let cfg = dir.path("dsr.toml");
+    std::fs::write(
+        &cfg,
+        "[pool.dns]\nsource = \"client-port\"\n[pool.dns.check]\ntype = \"udp\"\npayload_hex = \"00\"\n[[pool.dns.server]]\naddress = \"172.16.0.11:53\"\n[[listener]]\nbind = \"192.168.99.10:53\"\nmode = \"udp\"\ndefault_pool = \"dns\"\nresponses = 0\n",
+    )
+    .unwrap();
+    let o = Command::new(bin()).args(["routes", "-c"]).arg(&cfg).output().unwrap();
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for line in [
+        "tc filter add dev DEV parent 10: protocol ip prio 10 u32 match ip src 172.16.0.11/32 match ip sport 53 0xffff action nat egress 172.16.0.11/32 192.168.99.10",
+        "nft add table ip sekisho_dsr; nft 'add chain ip sekisho_dsr post { type filter hook postrouting priority 300; }'; nft add rule ip sekisho_dsr post ip saddr 172.16.0.11 udp sport 53 ip saddr set 192.168.99.10",
+    ] {
+        assert!(plan.lines().any(|l| l == line), "missing `{line}` in:\n{plan}");
+    }
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub(super) fn egress(
     let mut e = Egress {
         parent_retry_after: Duration::from_secs(30),
         route_protocol: 157,
+        capture_mark: 1,
+        capture_table: 100,
         ..Egress::default()
     };
     source_pools(cx, root, &mut e);
@@ -616,6 +618,8 @@ fn options(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e:
         "always_direct",
         "never_direct",
         "route_protocol",
+        "capture_mark",
+        "capture_table",
     ];
     let Some(mut tab) = root.table(cx, "egress", KEYS) else {
         return;
@@ -642,6 +646,19 @@ fn options(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e:
     e.never_direct = rule_list(cx, &mut tab, "never_direct", acls);
     if let Some(p) = tab.uint(cx, "route_protocol", 5, 255) {
         e.route_protocol = p as u8;
+    }
+    if let Some(m) = tab.uint(cx, "capture_mark", 1, u32::MAX as u64) {
+        e.capture_mark = m as u32;
+    }
+    if let Some(t) = tab.uint(cx, "capture_table", 1, u32::MAX as u64) {
+        if (253..=255).contains(&t) {
+            let span = tab.get("capture_table").map(|v| v.span()).unwrap_or(0..0);
+            cx.err(
+                span,
+                format!("`egress.capture_table` {t} is a reserved table (default, main, local)"),
+            );
+        }
+        e.capture_table = t as u32;
     }
     if e.parents.is_empty() {
         for key in [
