@@ -927,21 +927,18 @@ fn listeners(
         let mut tcp_pool = None;
         let mut udp = None;
         if mode != Mode::Udp {
-            for key in UDP_ONLY {
-                if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
-                    tab.used.push(key);
-                    cx.err(span, format!("`{lpath}.{key}` is for `udp` listeners"));
-                }
-            }
+            reject_keys(cx, &mut tab, &lpath, UDP_ONLY, &[], "is for `udp` listeners");
         }
         let (http, tls) = match mode {
             Mode::Forward => {
-                for key in HTTP_ONLY {
-                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
-                        tab.used.push(key);
-                        cx.err(span, format!("`{lpath}.{key}` is for `http` and `https` listeners"));
-                    }
-                }
+                reject_keys(
+                    cx,
+                    &mut tab,
+                    &lpath,
+                    HTTP_ONLY,
+                    &[],
+                    "is for `http` and `https` listeners",
+                );
                 (None, None)
             }
             Mode::Http => {
@@ -960,28 +957,15 @@ fn listeners(
                 )
             }
             Mode::Udp => {
-                for key in HTTP_ONLY {
-                    if *key == "default_pool" {
-                        continue;
-                    }
-                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
-                        tab.used.push(key);
-                        cx.err(span, format!("`{lpath}.{key}` is not for `udp` listeners"));
-                    }
-                }
-                tcp_pool = match tab.str(cx, "default_pool") {
-                    Some((p, span)) => {
-                        let i = pools.iter().position(|x| &*x.name == p);
-                        if i.is_none() {
-                            cx.err(span, format!("`{lpath}`: no `[pool.{p}]` is defined"));
-                        }
-                        i
-                    }
-                    None => {
-                        cx.err(tab.span.clone(), format!("`{lpath}` (udp) needs `default_pool`"));
-                        None
-                    }
-                };
+                reject_keys(
+                    cx,
+                    &mut tab,
+                    &lpath,
+                    HTTP_ONLY,
+                    &["default_pool"],
+                    "is not for `udp` listeners",
+                );
+                tcp_pool = default_pool(cx, &mut tab, &lpath, pools, "udp");
                 udp = Some(UdpOptions {
                     responses: tab.uint(cx, "responses", 0, 1_000_000).map(|n| n as u32),
                     timeout: tab.duration(cx, "timeout").unwrap_or(Duration::from_secs(10)),
@@ -996,28 +980,15 @@ fn listeners(
                 (None, None)
             }
             Mode::Tcp => {
-                for key in HTTP_ONLY {
-                    if matches!(*key, "default_pool" | "tls") {
-                        continue;
-                    }
-                    if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
-                        tab.used.push(key);
-                        cx.err(span, format!("`{lpath}.{key}` is for `http` and `https` listeners"));
-                    }
-                }
-                tcp_pool = match tab.str(cx, "default_pool") {
-                    Some((p, span)) => {
-                        let i = pools.iter().position(|x| &*x.name == p);
-                        if i.is_none() {
-                            cx.err(span, format!("`{lpath}`: no `[pool.{p}]` is defined"));
-                        }
-                        i
-                    }
-                    None => {
-                        cx.err(tab.span.clone(), format!("`{lpath}` (tcp) needs `default_pool`"));
-                        None
-                    }
-                };
+                reject_keys(
+                    cx,
+                    &mut tab,
+                    &lpath,
+                    HTTP_ONLY,
+                    &["default_pool", "tls"],
+                    "is for `http` and `https` listeners",
+                );
+                tcp_pool = default_pool(cx, &mut tab, &lpath, pools, "tcp");
                 let tls = if tab.t.iter().any(|(k, _)| k.get_ref() == "tls") {
                     upstream::tls(cx, &mut tab, &lpath, &[])
                 } else {
@@ -1027,11 +998,7 @@ fn listeners(
             }
         };
         // the pools this listener sends to, and what their `source` asks of it
-        let used: Vec<usize> = match (&http, tcp_pool) {
-            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
-            (None, Some(p)) => vec![p],
-            _ => Vec::new(),
-        };
+        let used = crate::config::pools_of(http.as_deref(), tcp_pool);
         for &p in &used {
             use crate::config::upstream::SourceMode;
             let pool = &pools[p];
@@ -1072,6 +1039,46 @@ fn listeners(
         }
     }
     out
+}
+
+/// Reports each of `keys` (but those in `keep`) that the listener sets: `why` says for whom it is.
+fn reject_keys(
+    cx: &mut Cx,
+    tab: &mut Tab<'_, '_>,
+    lpath: &str,
+    keys: &'static [&'static str],
+    keep: &[&str],
+    why: &str,
+) {
+    for key in keys.iter().filter(|k| !keep.contains(k)) {
+        if let Some(span) = tab.t.iter().find(|(k, _)| k.get_ref() == *key).map(|(k, _)| k.span()) {
+            tab.used.push(key);
+            cx.err(span, format!("`{lpath}.{key}` {why}"));
+        }
+    }
+}
+
+/// The `default_pool` a `tcp` or `udp` listener needs.
+fn default_pool(
+    cx: &mut Cx,
+    tab: &mut Tab<'_, '_>,
+    lpath: &str,
+    pools: &[crate::config::upstream::PoolConfig],
+    mode: &str,
+) -> Option<usize> {
+    match tab.str(cx, "default_pool") {
+        Some((p, span)) => {
+            let i = pools.iter().position(|x| &*x.name == p);
+            if i.is_none() {
+                cx.err(span, format!("`{lpath}`: no `[pool.{p}]` is defined"));
+            }
+            i
+        }
+        None => {
+            cx.err(tab.span.clone(), format!("`{lpath}` ({mode}) needs `default_pool`"));
+            None
+        }
+    }
 }
 
 /// An absolute path to an existing credential file, opened now.

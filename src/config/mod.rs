@@ -207,6 +207,23 @@ pub struct AccessLogConfig {
     pub queue_size: usize,
 }
 
+/// The pools a listener sends to: its routes and default pool (`http`,
+/// `https`), or its one pool (`tcp`, `udp`).
+pub fn pools_of(http: Option<&upstream::HttpListener>, pool: Option<usize>) -> Vec<usize> {
+    match (http, pool) {
+        (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
+        (None, Some(p)) => vec![p],
+        _ => Vec::new(),
+    }
+}
+
+impl ListenerConfig {
+    /// The pools this listener sends to.
+    pub fn pools(&self) -> Vec<usize> {
+        pools_of(self.http.as_deref(), self.tcp_pool)
+    }
+}
+
 /// Reads and validates a configuration file.
 pub fn load_file(path: &std::path::Path) -> Result<Config, Diagnostics> {
     let name = path.display().to_string();

@@ -68,6 +68,11 @@ pub async fn connect_via(addr: SocketAddr, via: &Egress<'_>, timeout: Duration) 
         failure: Failure::Local(failure),
     };
     let sock = prepare(addr, choice, via.source).map_err(local)?;
+    connect_socket(sock, addr, timeout).await
+}
+
+/// Connects a prepared non-blocking socket within `timeout`.
+async fn connect_socket(sock: Socket, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, AttemptError> {
     let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
     match tokio::time::timeout(timeout, sock.connect(addr)).await {
         Ok(Ok(s)) => {
@@ -93,21 +98,7 @@ pub async fn connect_from(addr: SocketAddr, src: SocketAddr, timeout: Duration) 
         failure: Failure::Local(failure),
     };
     let sock = transparent_socket(src, Type::STREAM, Protocol::TCP).map_err(local)?;
-    let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
-    match tokio::time::timeout(timeout, sock.connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(AttemptError {
-            addr,
-            failure: Failure::Refused(e),
-        }),
-        Err(_) => Err(AttemptError {
-            addr,
-            failure: Failure::Timeout,
-        }),
-    }
+    connect_socket(sock, addr, timeout).await
 }
 
 /// A non-blocking socket bound to `src` with `IP_TRANSPARENT` (TCP or UDP).

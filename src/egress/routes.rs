@@ -55,15 +55,9 @@ pub fn plan(cfg: &Config) -> Plan {
                 local: false,
             });
         }
-        let any = if v6 {
-            IpNet::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
-        } else {
-            IpNet::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
-        }
-        .expect("a /0 network");
         items.push(Item::Route {
             table: u.table,
-            dst: any,
+            dst: any_net(v6),
             gateway: u.gateway,
             dev: u.interface.clone(),
             prefsrc: None,
@@ -151,13 +145,8 @@ fn transparency(
     let e = &cfg.egress;
     let mut marks: Vec<(IpAddr, u16, &'static str)> = Vec::new();
     for l in &cfg.listeners {
-        let pools: Vec<usize> = match (&l.http, l.tcp_pool) {
-            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
-            (None, Some(p)) => vec![p],
-            _ => Vec::new(),
-        };
         let l4 = if l.mode == Mode::Udp { "udp" } else { "tcp" };
-        for p in pools {
+        for p in l.pools() {
             let pool = &cfg.pools[p];
             match pool.source {
                 SourceMode::Local => {}
@@ -207,15 +196,9 @@ fn transparency(
             table: e.capture_table,
             ipv6: v6,
         });
-        let any = if v6 {
-            IpNet::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
-        } else {
-            IpNet::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
-        }
-        .expect("a /0 network");
         items.push(Item::Route {
             table: e.capture_table,
-            dst: any,
+            dst: any_net(v6),
             gateway: None,
             dev: "lo".into(),
             prefsrc: None,
@@ -260,6 +243,15 @@ fn transparency(
         let via = local_address_towards(*ip).map_or_else(|| "THIS_HOST".to_string(), |a| a.to_string());
         let six = if ip.is_ipv6() { " -6" } else { "" };
         elsewhere.push(format!("#   on {ip}: ip{six} route replace default via {via}"));
+    }
+}
+
+/// `0.0.0.0/0` or `::/0`.
+fn any_net(v6: bool) -> IpNet {
+    if v6 {
+        IpNet::V6(ipnet::Ipv6Net::default())
+    } else {
+        IpNet::V4(ipnet::Ipv4Net::default())
     }
 }
 

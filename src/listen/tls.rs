@@ -555,9 +555,8 @@ mod tests {
 
     use std::process::Command;
 
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{ServerName, UnixTime};
-    use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConnection};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConnection};
 
     /// A temporary directory, removed on drop.
     struct TempDir(PathBuf);
@@ -643,51 +642,8 @@ mod tests {
 
     /// Accepts any certificate (still checks the handshake signatures): to
     /// see which certificate a server sends for a name it does not hold.
-    #[derive(Debug)]
-    struct AnyCert(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
     fn any_cert_client() -> ClientConfig {
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider())))
-            .with_no_client_auth()
+        (*crate::upstream::tls::unverified().unwrap()).clone()
     }
 
     /// Moves everything `from` has to send into `to` and lets `to` process it.

@@ -173,12 +173,7 @@ pub fn log_figures(state: &State) -> (u64, u64) {
 fn check_transparency(cfg: &Config) -> Result<(), String> {
     use crate::config::upstream::SourceMode;
     for l in &cfg.listeners {
-        let pools: Vec<usize> = match (&l.http, l.tcp_pool) {
-            (Some(h), _) => h.routes.iter().map(|r| r.pool).chain(h.default_pool).collect(),
-            (None, Some(p)) => vec![p],
-            _ => Vec::new(),
-        };
-        for p in pools {
+        for p in l.pools() {
             let pool = &cfg.pools[p];
             if pool.source == SourceMode::Local {
                 continue;
