@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# TCP relay throughput: downloads of one large file through sekisho `tcp`
+# listeners relaying with splice(2) and with user-space buffers
+# (`tunnel.relay`), and through HAProxy (`mode tcp`, one thread), in one run.
+#
+#   SEKISHO=target/release/sekisho bash bench/tcp.sh
+#   RUNS=3 SIZE=1G bash bench/tcp.sh
+#
+# The relays run on PROXY_CPU, the origin (nginx) and curl on LOAD_CPU.
+# Everything listens on 127.0.0.1; processes are stopped by PID at exit.
+
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+RUNS=${RUNS:-3}
+SIZE=${SIZE:-1G}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+log() { printf '[tcp %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+PIDS=()
+TMP=$(mktemp -d /tmp/sekisho-tcp.XXXXXX)
+chmod 711 "$TMP"
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do wait "${PIDS[i]}" 2>/dev/null || true; done
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+for tool in nginx haproxy curl taskset python3; do
+    command -v "$tool" >/dev/null 2>&1 || die "missing $tool"
+done
+if [[ -z ${SEKISHO:-} ]]; then
+    (cd "$REPO" && cargo build --release) || die "cargo build failed"
+    SEKISHO=$REPO/target/release/sekisho
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+    local i
+    for ((i = 0; i < 200; i++)); do (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+    return 1
+}
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+HZ=$(getconf CLK_TCK)
+
+mkdir -p "$TMP/www" "$TMP/origin"
+fallocate -l "$SIZE" "$TMP/www/big" 2>/dev/null || truncate -s "$SIZE" "$TMP/www/big"
+chmod 755 "$TMP/www"; chmod 644 "$TMP/www/big"
+ORIGIN=$(free_port)
+cat >"$TMP/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/origin/nginx.pid;
+error_log $TMP/origin/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    client_body_temp_path $TMP/origin/body;
+    proxy_temp_path $TMP/origin/proxy;
+    fastcgi_temp_path $TMP/origin/fastcgi;
+    uwsgi_temp_path $TMP/origin/uwsgi;
+    scgi_temp_path $TMP/origin/scgi;
+    server { listen 127.0.0.1:$ORIGIN; root $TMP/www; location / { } }
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" &
+PIDS+=($!)
+wait_port "$ORIGIN" || die "origin did not start"
+taskset -c "$LOAD_CPU" cat "$TMP/www/big" >/dev/null
+
+declare -A PORT=() PID=()
+for relay in splice copy; do
+    p=$(free_port)
+    cat >"$TMP/sekisho-$relay.toml" <<EOF
+[pool.origin]
+[[pool.origin.server]]
+address = "127.0.0.1:$ORIGIN"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:$p"
+mode = "tcp"
+default_pool = "origin"
+[tunnel]
+relay = "$relay"
+[admin]
+enabled = false
+EOF
+    taskset -c "$PROXY_CPU" "$SEKISHO" run -c "$TMP/sekisho-$relay.toml" >/dev/null 2>"$TMP/sekisho-$relay.err" &
+    PID[sekisho-$relay]=$!; PIDS+=($!); PORT[sekisho-$relay]=$p
+    wait_port "$p" || die "sekisho ($relay) did not start"
+done
+p=$(free_port)
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+listen tcp
+    bind 127.0.0.1:$p
+    server o1 127.0.0.1:$ORIGIN
+EOF
+taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" >/dev/null 2>"$TMP/haproxy.err" &
+PID[haproxy]=$!; PIDS+=($!); PORT[haproxy]=$p
+wait_port "$p" || die "haproxy did not start"
+
+TARGETS="sekisho-splice sekisho-copy haproxy"
+RESULTS=$TMP/results
+: >"$RESULTS"
+for t in $TARGETS; do # warm-up
+    taskset -c "$LOAD_CPU" curl -s -o /dev/null "http://127.0.0.1:${PORT[$t]}/big" || true
+done
+for ((run = 1; run <= RUNS; run++)); do
+    for t in $TARGETS; do
+        c0=$(ticks "${PID[$t]}"); t0=$(date +%s.%N)
+        out=$(taskset -c "$LOAD_CPU" curl -s -o /dev/null -w '%{speed_download} %{size_download}' "http://127.0.0.1:${PORT[$t]}/big")
+        t1=$(date +%s.%N); c1=$(ticks "${PID[$t]}")
+        read -r speed size <<<"$out"
+        cpu=$(awk -v d=$((c1 - c0)) -v a="$t0" -v b="$t1" -v hz="$HZ" 'BEGIN { printf "%.1f", 100 * d / hz / (b - a) }')
+        printf '%s\t%s\t%s\t%s\n' "$t" "$speed" "$size" "$cpu" >>"$RESULTS"
+        log "$t run $run: $(awk -v s="$speed" 'BEGIN{printf "%.0f", s/1e6}') MB/s, $size bytes, relay cpu $cpu%"
+    done
+done
+python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    t, speed, size, cpu = line.split("\t")
+    rows.setdefault(t, []).append((float(speed), int(size), float(cpu)))
+print("| relay | MB/s (median) | relay CPU % | bytes |")
+print("| --- | --- | --- | --- |")
+for t, rs in rows.items():
+    print(f"| {t} | {statistics.median(r[0] for r in rs) / 1e6:.0f} | {statistics.median(r[2] for r in rs):.0f} | {rs[0][1]} |")
+EOF
