@@ -149,7 +149,12 @@ async fn session(
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 rec.bytes_from_client += d.len() as u64;
-                if up.send(&d).await.is_err() {
+                let sent = if backend.cfg.source == SourceMode::ClientPort {
+                    up.send_to(&d, slot.server().cfg.addr).await
+                } else {
+                    up.send(&d).await
+                };
+                if sent.is_err() {
                     rec.termination = *b"SD";
                     break;
                 }
@@ -281,6 +286,14 @@ async fn connect(
                 return None;
             }
         };
+        // direct server return: an unconnected socket, so the kernel's early
+        // demultiplexing can never hand the server's answer (which is on its way
+        // to the client) to this socket instead of forwarding it
+        if backend.cfg.source == SourceMode::ClientPort {
+            rec.upstream_local = sock.local_addr().ok();
+            rec.timers.connect = Some(Duration::ZERO);
+            return Some((slot, sock));
+        }
         match sock.connect(addr).await {
             Ok(()) => {
                 rec.upstream_local = sock.local_addr().ok();

@@ -201,3 +201,179 @@ fn without_cap_net_admin_the_start_fails_naming_the_listener() {
         "{err}"
     );
 }
+
+/// Where the responders' queries came from.
+static QUERIES: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::new());
+
+/// A minimal DNS responder bound inside a namespace: answers every query
+/// with one A record holding its own address (so the client sees which
+/// server answered).
+fn dns_responder(net: &Net, ns: &str, addr: SocketAddr) {
+    let sock = net.udp_in(ns, addr);
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => panic!("IPv4 only"),
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            QUERIES.lock().unwrap().push(from);
+            if n < 12 {
+                continue;
+            }
+            // the question ends after its name (labels up to a zero byte) and QTYPE/QCLASS
+            let mut end = 12;
+            while end < n && buf[end] != 0 {
+                end += 1 + buf[end] as usize;
+            }
+            let end = end + 5;
+            if end > n {
+                continue;
+            }
+            let mut out = Vec::with_capacity(end + 16);
+            out.extend_from_slice(&buf[..2]);
+            out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            out.extend_from_slice(&buf[12..end]);
+            out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+            out.extend_from_slice(&ip);
+            let _ = sock.send_to(&out, from);
+        }
+    });
+}
+
+/// `dig` from `ns`: the A record of the answer (which server answered), and
+/// the address the answer came from.
+fn dig(net: &Net, ns: &str, server: &str) -> (String, String) {
+    let o = net.output(
+        ns,
+        "dig",
+        &["+tries=1", "+time=3", &format!("@{server}"), "who.test", "A"],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let answer = text
+        .lines()
+        .find(|l| l.starts_with("who.test.") && l.contains("\tA\t"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("")
+        .to_string();
+    let from = text
+        .lines()
+        .find_map(|l| l.strip_prefix(";; SERVER: "))
+        .unwrap_or("")
+        .to_string();
+    if answer.is_empty() {
+        eprintln!("dig: {text}{}", String::from_utf8_lossy(&o.stderr));
+    }
+    (answer, from)
+}
+
+/// The seed's DNS balancer: four responders behind a `udp` listener, first
+/// with sekisho relaying the answers (`responses = 1`, a dead responder's
+/// queries moved to another), then with direct server return (`client-port`,
+/// `responses = 0`): the query reaches the server from the client's address
+/// and port, and the answer goes back without sekisho, its source rewritten
+/// statelessly to the balancer's address by the nft rule `sekisho routes` prints.
+#[test]
+fn dns_balancing_and_direct_server_return() {
+    let Some(mut net) = Net::new() else { return };
+    crate::harness::require_tool("dig");
+    crate::harness::require_tool("nft");
+    let cl = net.ns("cl");
+    let px = net.ns("px");
+    let up = net.ns("up");
+    net.veth_named(&cl, "c0", "192.168.99.1/24", &px, "p0", "192.168.99.10/24");
+    net.veth_named(&px, "p1", "172.16.0.1/24", &up, "u0", "172.16.0.11/24");
+    for a in ["172.16.0.12/24", "172.16.0.13/24", "172.16.0.14/24"] {
+        net.addr(&up, "u0", a);
+    }
+    net.run(&up, "ip", &["route", "add", "default", "via", "172.16.0.1"]);
+    net.forwarding(&px);
+    for i in 11..=13 {
+        dns_responder(&net, &up, sa(&format!("172.16.0.{i}:53")));
+    }
+    // 172.16.0.14 answers nothing: its queries time out and move on
+
+    let relayed = r#"
+[pool.dns]
+retries = 2
+[[pool.dns.server]]
+address = "172.16.0.11:53"
+[[pool.dns.server]]
+address = "172.16.0.12:53"
+[[pool.dns.server]]
+address = "172.16.0.13:53"
+[[pool.dns.server]]
+address = "172.16.0.14:53"
+[[listener]]
+name = "probe"
+bind = "192.168.99.10:3128"
+[[listener]]
+name = "dns"
+bind = "192.168.99.10:53"
+mode = "udp"
+default_pool = "dns"
+responses = 1
+timeout = "1s"
+"#;
+    let mut s = net.sekisho(&px, relayed, sa("192.168.99.10:3128"));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let (answer, from) = dig(&net, &cl, "192.168.99.10");
+        assert!(answer.starts_with("172.16.0.1"), "answered: {answer:?} {}", s.stderr());
+        assert!(from.starts_with("192.168.99.10#53"), "{from}");
+        seen.insert(answer);
+    }
+    assert_eq!(seen.len(), 3, "the three live responders answered: {seen:?}");
+    assert!(s.stderr().contains("no answer within 1000 ms"), "{}", s.stderr());
+    s.stop();
+
+    // direct server return
+    let dsr = relayed
+        .replace("[pool.dns]\nretries = 2\n", "[pool.dns]\nsource = \"client-port\"\n[pool.dns.check]\ntype = \"udp\"\npayload_hex = \"0001 0100 0001 0000 0000 0000 0377686f 0474657374 00 0001 0001\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nfall = 1\n")
+        .replace("responses = 1\ntimeout = \"1s\"", "responses = 0\ntimeout = \"1s\"");
+    let mut s = net.sekisho(&px, &dsr, sa("192.168.99.10:3128"));
+    let cfg = s.dir().join("sekisho.toml");
+    let plan = net.run(&px, bin(), &["routes", "-c", cfg.to_str().unwrap()]);
+    // router NAT on the balancer: the nft form of the printed rewrite, for every server
+    net.run(&px, "nft", &["add table ip sekisho_dsr"]);
+    net.run(
+        &px,
+        "nft",
+        &["add chain ip sekisho_dsr post { type filter hook postrouting priority 300; }"],
+    );
+
+    for i in 11..=14 {
+        let rule = format!("ip saddr 172.16.0.{i} udp sport 53 ip saddr set 192.168.99.10");
+        assert!(plan.contains(&rule), "{plan}");
+        net.run(&px, "nft", &[&format!("add rule ip sekisho_dsr post {rule}")]);
+    }
+    // the active check takes the silent responder out
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !s.stderr().contains("server is DOWN") {
+        assert!(std::time::Instant::now() < until, "{}", s.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let (answer, from) = dig(&net, &cl, "192.168.99.10");
+        assert!(
+            answer.starts_with("172.16.0.1"),
+            "answered: {answer:?} {}\nqueries from: {:?}\n{}",
+            s.stderr(),
+            QUERIES.lock().unwrap(),
+            net.run(&px, "nft", &["list", "ruleset"])
+        );
+        assert!(from.starts_with("192.168.99.10#53"), "the rewritten source: {from}");
+        seen.insert(answer);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // the servers saw the client's own address (and sekisho kept nothing for the answers)
+    let from_client = QUERIES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.ip().to_string() == "192.168.99.1")
+        .count();
+    assert!(from_client >= 6, "{:?}", QUERIES.lock().unwrap());
+    s.stop();
+}
