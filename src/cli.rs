@@ -212,14 +212,16 @@ fn routes(cfg: &config::Config, source: &str, apply: bool, remove: bool) -> Exit
 fn nft(script: &str, remove: bool) -> Result<String, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let table = crate::egress::routes::NFT_TABLE;
+    // every table the script defines starts with an empty definition line
+    let tables: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.strip_prefix("table ").and_then(|r| r.strip_suffix(" {}")))
+        .collect();
     let input = if remove {
         let mut s = String::new();
-        for family in ["ip", "ip6"] {
-            if script.contains(&format!("table {family} {table} {{}}")) {
-                // an empty definition first, so deleting an absent table is no error
-                s.push_str(&format!("table {family} {table} {{}}\ndelete table {family} {table}\n"));
-            }
+        for t in &tables {
+            // an empty definition first, so deleting an absent table is no error
+            s.push_str(&format!("table {t} {{}}\ndelete table {t}\n"));
         }
         s
     } else {
@@ -240,11 +242,12 @@ fn nft(script: &str, remove: bool) -> Result<String, String> {
     if !out.status.success() {
         return Err(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    Ok(if remove {
-        format!("removed: nft table {table}")
-    } else {
-        format!("applied: nft table {table} (marks the transparent pools' answers)")
-    })
+    let verb = if remove { "removed" } else { "applied" };
+    Ok(tables
+        .iter()
+        .map(|t| format!("{verb}: nft table {}", t.rsplit(' ').next().unwrap_or(t)))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// Reads a password: from the terminal without echo (asked twice), or the

@@ -38,6 +38,8 @@ pub struct Egress {
     /// that delivers marked packets to this host.
     pub capture_mark: u32,
     pub capture_table: u32,
+    /// On a server behind several balancers: the balancers its answers must go back through.
+    pub return_paths: Vec<ReturnPath>,
     pub pac: Pac,
 }
 
@@ -149,6 +151,20 @@ pub struct Uplink {
     pub table: u32,
     pub mark: Option<u32>,
     /// Priority of the `from` rule; the `fwmark` rule takes the next one.
+    pub priority: u32,
+}
+
+/// `[[return_path]]`: a balancer in front of this host. Connections that
+/// arrive from its MAC address are marked, and their answers routed back
+/// through it (connection-mark return routing).
+#[derive(Clone, Debug)]
+pub struct ReturnPath {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub gateway: IpAddr,
+    pub interface: String,
+    pub mark: u32,
+    pub table: u32,
     pub priority: u32,
 }
 

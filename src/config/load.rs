@@ -312,6 +312,7 @@ const TOP: &[&str] = &[
     "egress",
     "pac",
     "pool",
+    "return_path",
 ];
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {

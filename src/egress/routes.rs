@@ -18,8 +18,8 @@ pub struct Plan {
     /// Egress settings no uplink routes (printed as comments).
     pub notes: Vec<String>,
     pub protocol: u8,
-    /// The nft script that marks the answers of transparent pools' servers
-    /// (applied with `nft -f`), when there are such pools.
+    /// The nft script `--apply` runs with `nft -f` (the marking of transparent
+    /// pools' answers, the connection marks of return paths), when needed.
     pub nft: Option<String>,
     /// Commands for other hosts (the servers, a router): printed, never applied.
     pub elsewhere: Vec<String>,
@@ -122,6 +122,7 @@ pub fn plan(cfg: &Config) -> Plan {
     let mut nft = None;
     let mut elsewhere = Vec::new();
     transparency(cfg, &mut sections, &mut nft, &mut elsewhere);
+    return_paths(cfg, &mut sections, &mut nft);
     Plan {
         sections,
         notes,
@@ -246,6 +247,70 @@ fn transparency(
     }
 }
 
+/// The nft table `--apply` creates for return paths.
+pub const NFT_RETURN_TABLE: &str = "sekisho_return";
+
+/// A server behind several balancers: connections are marked by the MAC
+/// address of the balancer they came through, the mark is restored on the
+/// answers, and each mark has a table whose default route is that balancer.
+fn return_paths(cfg: &Config, sections: &mut Vec<(String, Vec<Item>)>, nft: &mut Option<String>) {
+    let paths = &cfg.egress.return_paths;
+    if paths.is_empty() {
+        return;
+    }
+    for r in paths {
+        let v6 = r.gateway.is_ipv6();
+        sections.push((
+            format!(
+                "return path {}: connections from {} go back via {} (mark {:#x}, table {})",
+                r.name,
+                mac_text(&r.mac),
+                r.gateway,
+                r.mark,
+                r.table
+            ),
+            vec![
+                Item::Rule {
+                    priority: r.priority,
+                    from: None,
+                    fwmark: Some(r.mark),
+                    table: r.table,
+                    ipv6: v6,
+                },
+                Item::Route {
+                    table: r.table,
+                    dst: any_net(v6),
+                    gateway: Some(r.gateway),
+                    dev: r.interface.clone(),
+                    prefsrc: None,
+                    scope_link: false,
+                    local: false,
+                },
+            ],
+        ));
+    }
+    let marks: Vec<String> = paths
+        .iter()
+        .map(|r| {
+            format!(
+                "    ct mark 0 ether saddr {} ct mark set {:#x}",
+                mac_text(&r.mac),
+                r.mark
+            )
+        })
+        .collect();
+    let t = NFT_RETURN_TABLE;
+    let script = format!(
+        "table inet {t} {{}}\nflush table inet {t}\ntable inet {t} {{\n  chain pre {{\n    type filter hook prerouting priority mangle;\n{}\n  }}\n  chain out {{\n    type route hook output priority mangle;\n    ct mark != 0 meta mark set ct mark\n  }}\n}}\n",
+        marks.join("\n")
+    );
+    nft.get_or_insert_with(String::new).push_str(&script);
+}
+
+fn mac_text(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// `0.0.0.0/0` or `::/0`.
 fn any_net(v6: bool) -> IpNet {
     if v6 {
@@ -322,7 +387,7 @@ pub fn render(plan: &Plan, source: &str) -> String {
         }
     }
     if let Some(script) = &plan.nft {
-        out.push_str("# mark the transparent pools' answers (--apply runs this with nft -f):\n");
+        out.push_str("# packet marks (--apply runs this with nft -f):\n");
         out.push_str("nft -f - <<'NFT'\n");
         out.push_str(script);
         out.push_str("NFT\n");

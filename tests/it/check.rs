@@ -474,3 +474,30 @@ fn capture_keys() {
     ));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn return_path_errors() {
+    assert_message_top(
+        "[[return_path]]\nmac = \"02:00:00:00:00\"\ngateway = \"172.16.0.1\"\ninterface = \"eth0\"\n",
+        "is not a MAC address",
+    );
+    assert_message_top(
+        "[[return_path]]\nmac = \"02:00:00:00:00:01\"\ninterface = \"eth0\"\n",
+        "needs `gateway`",
+    );
+    assert_message_top(
+        "[[return_path]]\nmac = \"02:00:00:00:00:01\"\ngateway = \"172.16.0.1\"\n",
+        "needs `interface`",
+    );
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}[[return_path]]\nname = \"lb1\"\nmac = \"02:00:00:00:00:01\"\ngateway = \"172.16.0.1\"\ninterface = \"eth0\"\nmark = 0x20\ntable = 120\npriority = 960\n"
+    ));
+    assert!(ok, "{err}");
+}
+
+/// Like `assert_message`, with `text` at the top level (before any listener table).
+fn assert_message_top(text: &str, needle: &str) {
+    let (ok, err, _) = check(&format!("{text}{LISTENER}"));
+    assert!(!ok, "check accepted:\n{text}");
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+}

@@ -377,3 +377,106 @@ timeout = "1s"
     assert!(from_client >= 6, "{:?}", QUERIES.lock().unwrap());
     s.stop();
 }
+
+/// The seed's HAProxy case: a backend behind two balancers that both connect
+/// from the client's address. The backend sends each connection's answers
+/// back through the balancer it came from: connections are marked by the
+/// balancer's MAC address, the mark is restored on the answers, and each mark
+/// routes through its balancer (`[[return_path]]`, installed by
+/// `sekisho routes --apply` on the backend).
+#[test]
+fn backend_behind_two_balancers_answers_through_each() {
+    let Some(mut net) = Net::new() else { return };
+    crate::harness::require_tool("nft");
+    let cl = net.ns("cl");
+    let lb1 = net.ns("lb1");
+    let lb2 = net.ns("lb2");
+    let be = net.ns("be");
+    net.veth_named(&cl, "c1", "10.1.1.2/24", &lb1, "l0", "10.1.1.1/24");
+    net.veth_named(&cl, "c2", "10.1.2.2/24", &lb2, "l0", "10.1.2.1/24");
+    net.run(&cl, "ip", &["addr", "add", "192.168.99.1/32", "dev", "lo"]);
+    net.run(&be, "ip", &["link", "add", "br0", "type", "bridge"]);
+    net.veth_named(&lb1, "b1", "172.16.0.1/24", &be, "x1", "");
+    net.veth_named(&lb2, "b2", "172.16.0.2/24", &be, "x2", "");
+    for x in ["x1", "x2"] {
+        net.run(&be, "ip", &["link", "set", x, "master", "br0"]);
+    }
+    net.run(&be, "ip", &["addr", "add", "172.16.0.11/24", "dev", "br0"]);
+    net.run(&be, "ip", &["link", "set", "br0", "up"]);
+    // without return paths every answer would go to lb1
+    net.run(&be, "ip", &["route", "add", "default", "via", "172.16.0.1"]);
+    for (lb, via) in [(&lb1, "10.1.1.2"), (&lb2, "10.1.2.2")] {
+        net.run(lb, "ip", &["route", "add", "192.168.99.1/32", "via", via]);
+    }
+    let _svc = net.origin(&be, sa("172.16.0.11:9090"));
+
+    let mut balancers = Vec::new();
+    for (lb, vip) in [(&lb1, "10.1.1.1"), (&lb2, "10.1.2.1")] {
+        let config = format!(
+            "[pool.be]\nsource = \"client\"\n[[pool.be.server]]\naddress = \"172.16.0.11:9090\"\n[[listener]]\nbind = \"{vip}:90\"\nmode = \"tcp\"\ndefault_pool = \"be\"\n"
+        );
+        let s = net.sekisho(lb, &config, sa(&format!("{vip}:90")));
+        let cfg = s.dir().join("sekisho.toml");
+        net.run(lb, bin(), &["routes", "-c", cfg.to_str().unwrap(), "--apply"]);
+        balancers.push(s);
+    }
+    let mac = |ns: &str, dev: &str| -> String {
+        let out = net.run(ns, "ip", &["-br", "link", "show", dev]);
+        out.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let dir = TempDir::new();
+    let be_cfg = dir.path("be.toml");
+    std::fs::write(
+        &be_cfg,
+        format!(
+            "[[return_path]]\nname = \"lb1\"\nmac = \"{}\"\ngateway = \"172.16.0.1\"\ninterface = \"br0\"\n[[return_path]]\nname = \"lb2\"\nmac = \"{}\"\ngateway = \"172.16.0.2\"\ninterface = \"br0\"\n",
+            mac(&lb1, "b1"),
+            mac(&lb2, "b2")
+        ),
+    )
+    .unwrap();
+    let be_cfg = be_cfg.to_str().unwrap();
+    let ask = |vip: &str| -> Option<String> {
+        let o = net.curl(
+            &cl,
+            &[
+                "-s",
+                "--max-time",
+                "3",
+                "--interface",
+                "192.168.99.1",
+                &format!("http://{vip}:90/who"),
+            ],
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    // before: lb1's connections work, lb2's answers go astray
+    assert!(ask("10.1.1.1").is_some());
+    assert!(
+        ask("10.1.2.1").is_none(),
+        "without return paths lb2's answers go to lb1"
+    );
+
+    let plan = net.run(&be, bin(), &["routes", "-c", be_cfg]);
+    assert!(
+        plan.contains("ct mark set 0x101") && plan.contains("ct mark != 0 meta mark set ct mark"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("ip route add default via 172.16.0.2 dev br0 table 202 proto 157"),
+        "{plan}"
+    );
+    net.run(&be, bin(), &["routes", "-c", be_cfg, "--apply"]);
+    for _ in 0..3 {
+        for vip in ["10.1.1.1", "10.1.2.1"] {
+            let body = ask(vip).unwrap_or_else(|| panic!("no answer through {vip}"));
+            let peer = sa(Echo::parse(&body).field("peer"));
+            assert_eq!(peer.ip().to_string(), "192.168.99.1", "through {vip}: {body}");
+        }
+    }
+    let removed = net.run(&be, bin(), &["routes", "-c", be_cfg, "--remove"]);
+    assert!(removed.contains("removed: nft table sekisho_return"), "{removed}");
+    drop(balancers);
+}

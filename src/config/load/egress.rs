@@ -30,6 +30,7 @@ pub(super) fn egress(
     outgoing(cx, root, acls, &mut e);
     parents(cx, root, &mut e);
     options(cx, root, acls, &mut e);
+    return_paths(cx, root, &mut e);
     e.pac = pac(cx, root, acls, listeners, visible_hostname);
     e
 }
@@ -673,6 +674,94 @@ fn options(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e:
         }
     }
     tab.finish(cx);
+}
+
+fn return_paths(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
+    const KEYS: &[&str] = &["name", "mac", "gateway", "interface", "mark", "table", "priority"];
+    for (i, mut tab) in tables_of(cx, root, "return_path", KEYS) {
+        let path = format!("return_path[{i}]");
+        let name = match tab.str(cx, "name") {
+            Some((s, span)) => {
+                check_name(cx, &format!("{path}.name"), s, span);
+                s.to_string()
+            }
+            None => format!("balancer{i}"),
+        };
+        let mac = match tab.str(cx, "mac") {
+            Some((s, span)) => {
+                let parts: Vec<Option<u8>> = s
+                    .split(':')
+                    .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+                    .collect();
+                if parts.len() == 6 && parts.iter().all(Option::is_some) {
+                    let mut m = [0u8; 6];
+                    for (d, p) in m.iter_mut().zip(parts) {
+                        *d = p.unwrap_or(0);
+                    }
+                    Some(m)
+                } else {
+                    cx.err(
+                        span,
+                        format!("`{path}.mac` = `{s}` is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                    );
+                    None
+                }
+            }
+            None => {
+                cx.err(
+                    tab.span.clone(),
+                    format!("`{path}` needs `mac`, the balancer's MAC address"),
+                );
+                None
+            }
+        };
+        let gateway = match tab.str(cx, "gateway") {
+            Some((s, span)) => match s.parse::<IpAddr>() {
+                Ok(g) => Some(g),
+                Err(_) => {
+                    cx.err(span, format!("`{path}.gateway`: `{s}` is not an IP address"));
+                    None
+                }
+            },
+            None => {
+                cx.err(
+                    tab.span.clone(),
+                    format!("`{path}` needs `gateway`, the balancer's address"),
+                );
+                None
+            }
+        };
+        let iface = interface(cx, &mut tab);
+        if iface.is_none() && !tab.used.contains(&"interface") {
+            cx.err(tab.span.clone(), format!("`{path}` needs `interface`"));
+        }
+        let mark = mark(cx, &mut tab).unwrap_or(0x100 + i as u32 + 1);
+        let table = tab
+            .uint(cx, "table", 1, u32::MAX as u64)
+            .map_or(201 + i as u32, |t| t as u32);
+        if (253..=255).contains(&table) {
+            cx.err(tab.span.clone(), format!("`{path}.table` {table} is a reserved table"));
+        }
+        let priority = tab.uint(cx, "priority", 1, 32764).map_or(950 + i as u32, |p| p as u32);
+        tab.finish(cx);
+        if let (Some(mac), Some(gateway), Some(interface)) = (mac, gateway, iface) {
+            if e.return_paths.iter().any(|r| r.mark == mark || r.table == table) {
+                cx.err(
+                    root.span.clone(),
+                    format!("`{path}`: mark {mark:#x} or table {table} is used twice"),
+                );
+            }
+            e.return_paths.push(ReturnPath {
+                name,
+                mac,
+                gateway,
+                interface,
+                mark,
+                table,
+                priority,
+            });
+        }
+    }
 }
 
 fn pac(
