@@ -173,7 +173,7 @@ fn transparency(
                         elsewhere.push(format!(
                             "tc filter add dev DEV parent 10: protocol ip prio 10 u32 match ip src {ip}/32 match ip sport {port} 0xffff action nat egress {ip}/32 {vip}"
                         ));
-                        elsewhere.push("# or with nft, for kernels without act_nat:".into());
+                        elsewhere.push("# or with nft, for kernels without act_nat (origin NAT through this host: sysctl net.ipv4.conf.IF.accept_local=1 here):".into());
                         elsewhere.push(format!(
                             "nft add table ip sekisho_dsr; nft 'add chain ip sekisho_dsr post {{ type filter hook postrouting priority 300; }}'; nft add rule ip sekisho_dsr post ip saddr {ip} udp sport {port} ip saddr set {vip}"
                         ));

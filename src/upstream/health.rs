@@ -135,10 +135,13 @@ async fn probe_udp(s: &Server, payload: &[u8], expect: Option<&[u8]>) -> Result<
     let sock = tokio::net::UdpSocket::bind(bind)
         .await
         .map_err(|e| format!("socket: {e}"))?;
-    sock.connect(s.cfg.addr).await.map_err(|e| format!("connect: {e}"))?;
-    sock.send(payload).await.map_err(|e| format!("send: {e}"))?;
+    // unconnected: with direct server return the server's answer may carry
+    // the listener's address (its source rewritten), and it still counts
+    sock.send_to(payload, s.cfg.addr)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 65_535];
-    let n = sock.recv(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
+    let (n, _) = sock.recv_from(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
     match expect {
         Some(want) if !buf[..n].starts_with(want) => Err(format!("unexpected answer ({n} bytes)")),
         _ => Ok(()),

@@ -163,16 +163,19 @@ fn without_cap_net_admin_the_start_fails_naming_the_listener() {
         ),
     )
     .unwrap();
-    // IP_TRANSPARENT is allowed with CAP_NET_ADMIN or CAP_NET_RAW: drop both
+    // as an unprivileged user (nobody), from a copy that user can run
+    let exe = dir.path("sekisho");
+    std::fs::copy(bin(), &exe).unwrap();
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut child = Command::new("setpriv")
         .args([
-            "--bounding-set",
-            "-net_admin,-net_raw",
-            "--inh-caps",
-            "-net_admin,-net_raw",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
             "--",
         ])
-        .arg(bin())
+        .arg(&exe)
         .args(["run", "-c"])
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
@@ -208,8 +211,10 @@ static QUERIES: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::n
 /// A minimal DNS responder bound inside a namespace: answers every query
 /// with one A record holding its own address (so the client sees which
 /// server answered).
-fn dns_responder(net: &Net, ns: &str, addr: SocketAddr) {
+fn dns_responder(net: &Net, ns: &str, addr: SocketAddr) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let sock = net.udp_in(ns, addr);
+    let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quiet = silent.clone();
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v4) => v4.octets(),
         std::net::IpAddr::V6(_) => panic!("IPv4 only"),
@@ -218,7 +223,7 @@ fn dns_responder(net: &Net, ns: &str, addr: SocketAddr) {
         let mut buf = [0u8; 512];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             QUERIES.lock().unwrap().push(from);
-            if n < 12 {
+            if n < 12 || quiet.load(std::sync::atomic::Ordering::SeqCst) {
                 continue;
             }
             // the question ends after its name (labels up to a zero byte) and QTYPE/QCLASS
@@ -239,6 +244,7 @@ fn dns_responder(net: &Net, ns: &str, addr: SocketAddr) {
             let _ = sock.send_to(&out, from);
         }
     });
+    silent
 }
 
 /// `dig` from `ns`: the A record of the answer (which server answered), and
@@ -288,10 +294,9 @@ fn dns_balancing_and_direct_server_return() {
     }
     net.run(&up, "ip", &["route", "add", "default", "via", "172.16.0.1"]);
     net.forwarding(&px);
-    for i in 11..=13 {
-        dns_responder(&net, &up, sa(&format!("172.16.0.{i}:53")));
-    }
-    // 172.16.0.14 answers nothing: its queries time out and move on
+    let responders: Vec<_> = (11..=14)
+        .map(|i| dns_responder(&net, &up, sa(&format!("172.16.0.{i}:53"))))
+        .collect();
 
     let relayed = r#"
 [pool.dns]
@@ -316,16 +321,29 @@ responses = 1
 timeout = "1s"
 "#;
     let mut s = net.sekisho(&px, relayed, sa("192.168.99.10:3128"));
-    let mut seen = std::collections::HashSet::new();
+    // all four answer, in turn
+    let answers: Vec<String> = (0..8).map(|_| dig(&net, &cl, "192.168.99.10").0).collect();
+    for i in 11..=14 {
+        assert_eq!(
+            answers.iter().filter(|a| **a == format!("172.16.0.{i}")).count(),
+            2,
+            "{answers:?}"
+        );
+    }
+    // one stops answering: every query is still answered (its queries move on)
+    responders[3].store(true, std::sync::atomic::Ordering::SeqCst);
     for _ in 0..8 {
         let (answer, from) = dig(&net, &cl, "192.168.99.10");
-        assert!(answer.starts_with("172.16.0.1"), "answered: {answer:?} {}", s.stderr());
+        assert!(
+            ["172.16.0.11", "172.16.0.12", "172.16.0.13"].contains(&answer.as_str()),
+            "answered: {answer:?} {}",
+            s.stderr()
+        );
         assert!(from.starts_with("192.168.99.10#53"), "{from}");
-        seen.insert(answer);
     }
-    assert_eq!(seen.len(), 3, "the three live responders answered: {seen:?}");
     assert!(s.stderr().contains("no answer within 1000 ms"), "{}", s.stderr());
     s.stop();
+    responders[3].store(false, std::sync::atomic::Ordering::SeqCst);
 
     // direct server return
     let dsr = relayed
@@ -334,19 +352,35 @@ timeout = "1s"
     let mut s = net.sekisho(&px, &dsr, sa("192.168.99.10:3128"));
     let cfg = s.dir().join("sekisho.toml");
     let plan = net.run(&px, bin(), &["routes", "-c", cfg.to_str().unwrap()]);
-    // router NAT on the balancer: the nft form of the printed rewrite, for every server
-    net.run(&px, "nft", &["add table ip sekisho_dsr"]);
+    // origin NAT: the nft form of the printed rewrite, on the upstream host itself;
+    // the proxy forwards answers that carry its own address as their source
+    net.run(&up, "nft", &["add table ip sekisho_dsr"]);
     net.run(
-        &px,
+        &up,
         "nft",
         &["add chain ip sekisho_dsr post { type filter hook postrouting priority 300; }"],
     );
-
     for i in 11..=14 {
         let rule = format!("ip saddr 172.16.0.{i} udp sport 53 ip saddr set 192.168.99.10");
         assert!(plan.contains(&rule), "{plan}");
-        net.run(&px, "nft", &[&format!("add rule ip sekisho_dsr post {rule}")]);
+        net.run(&up, "nft", &[&format!("add rule ip sekisho_dsr post {rule}")]);
     }
+    net.run(&px, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/conf/p1/accept_local"]);
+    // all four answer directly; then one stops and the active check takes it out
+    let answers: Vec<String> = (0..8).map(|_| dig(&net, &cl, "192.168.99.10").0).collect();
+    for i in 11..=14 {
+        assert_eq!(
+            answers.iter().filter(|a| **a == format!("172.16.0.{i}")).count(),
+            2,
+            "{answers:?} {}",
+            s.stderr()
+        );
+    }
+    // sekisho keeps no socket for the answers
+    let udp = net.run(&px, "cat", &["/proc/net/udp"]);
+    // (no socket bound to 192.168.99.1, which /proc/net/udp writes 0163A8C0)
+    assert!(!udp.contains("0163A8C0:"), "{udp}");
+    responders[3].store(true, std::sync::atomic::Ordering::SeqCst);
     // the active check takes the silent responder out
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !s.stderr().contains("server is DOWN") {
