@@ -23,10 +23,15 @@ fn servers_see_the_clients_address() {
     let up = net.ns("up");
     net.veth_named(&cl, "c0", "192.168.99.1/24", &px, "p0", "192.168.99.10/24");
     net.veth_named(&px, "p1", "172.16.0.1/24", &up, "u0", "172.16.0.11/24");
-    net.addr(&up, "u0", "172.16.0.12/24");
+    for a in ["172.16.0.12/24", "172.16.0.13/24", "172.16.0.14/24"] {
+        net.addr(&up, "u0", a);
+    }
     net.run(&up, "ip", &["route", "add", "default", "via", "172.16.0.1"]);
     net.forwarding(&px);
-    let web = net.origin(&up, sa("172.16.0.11:8080"));
+    // four web upstreams, as in the seed, and a TCP service
+    let webs: Vec<_> = (11..=14)
+        .map(|i| net.origin(&up, sa(&format!("172.16.0.{i}:8080"))))
+        .collect();
     let tcp_svc = net.origin(&up, sa("172.16.0.12:9090"));
 
     let config = r#"
@@ -34,6 +39,12 @@ fn servers_see_the_clients_address() {
 source = "client"
 [[pool.web.server]]
 address = "172.16.0.11:8080"
+[[pool.web.server]]
+address = "172.16.0.12:8080"
+[[pool.web.server]]
+address = "172.16.0.13:8080"
+[[pool.web.server]]
+address = "172.16.0.14:8080"
 [pool.raw]
 source = "client"
 [[pool.raw.server]]
@@ -86,7 +97,9 @@ format = "%ft %ci %si %bi %ST"
     assert!(applied.contains("applied: nft table sekisho_capture"), "{applied}");
     let again = net.run(&px, bin(), &["routes", "-c", cfg, "--apply"]);
     assert_eq!(again.matches("present:").count(), 2, "idempotent: {again}");
-    for (port, origin) in [(80, &web), (90, &tcp_svc)] {
+    // eight requests over the four web upstreams, then the TCP service: every one sees the client
+    let targets: Vec<u16> = std::iter::repeat_n(80, 8).chain([90]).collect();
+    for port in targets {
         let o = net.curl(
             &cl,
             &["-sS", "--max-time", "5", &format!("http://192.168.99.10:{port}/who")],
@@ -104,8 +117,11 @@ format = "%ft %ci %si %bi %ST"
             "192.168.99.1",
             "port {port}: the server sees the client: {body}"
         );
-        assert!(origin.connections() >= 1);
     }
+    for (i, w) in webs.iter().enumerate() {
+        assert_eq!(w.requests.load(std::sync::atomic::Ordering::SeqCst), 2, "upstream {i}");
+    }
+    assert!(tcp_svc.connections() >= 1);
     let want = "web 192.168.99.1 172.16.0.11 192.168.99.1 200";
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !s.stdout().contains(want) && std::time::Instant::now() < until {
