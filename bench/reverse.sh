@@ -24,50 +24,11 @@ LOAD_CPU=${LOAD_CPU:-1}
 TARGETS=${TARGETS:-"sekisho haproxy nginx"}
 MODES=${MODES:-"http https handshake"}
 SMALL_BYTES=${SMALL_BYTES:-100}
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-
-log() { printf '[reverse %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-PIDS=()
-TMP=$(mktemp -d /tmp/sekisho-reverse.XXXXXX)
-chmod 711 "$TMP"
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do wait "${PIDS[i]}" 2>/dev/null || true; done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for tool in nginx haproxy wrk openssl taskset python3; do
-    command -v "$tool" >/dev/null 2>&1 || die "missing $tool (apt-get install nginx haproxy wrk openssl util-linux python3)"
-done
-if [[ -z ${SEKISHO:-} ]]; then
-    (cd "$REPO" && cargo build --release) || die "cargo build failed"
-    SEKISHO=$REPO/target/release/sekisho
-fi
-SEKISHO=$(cd "$(dirname "$SEKISHO")" && pwd)/$(basename "$SEKISHO")
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    return 1
-}
-ticks() { # user+system ticks of these PIDs (all threads)
-    local t=0 p v
-    for p in "$@"; do
-        v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || true
-        t=$((t + ${v:-0}))
-    done
-    echo "$t"
-}
-HZ=$(getconf CLK_TCK)
+NAME=reverse
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+need nginx haproxy wrk openssl taskset python3
+sekisho_binary
 
 # ---- origin, certificate
 mkdir -p "$TMP/www" "$TMP/origin"

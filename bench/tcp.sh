@@ -16,40 +16,11 @@ RUNS=${RUNS:-3}
 SIZE=${SIZE:-1G}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-log() { printf '[tcp %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-PIDS=()
-TMP=$(mktemp -d /tmp/sekisho-tcp.XXXXXX)
-chmod 711 "$TMP"
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do wait "${PIDS[i]}" 2>/dev/null || true; done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-for tool in nginx haproxy curl taskset python3; do
-    command -v "$tool" >/dev/null 2>&1 || die "missing $tool"
-done
-if [[ -z ${SEKISHO:-} ]]; then
-    (cd "$REPO" && cargo build --release) || die "cargo build failed"
-    SEKISHO=$REPO/target/release/sekisho
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    local i
-    for ((i = 0; i < 200; i++)); do (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    return 1
-}
-ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-HZ=$(getconf CLK_TCK)
+NAME=tcp
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
+need nginx haproxy curl taskset python3
+sekisho_binary
 
 mkdir -p "$TMP/www" "$TMP/origin"
 fallocate -l "$SIZE" "$TMP/www/big" 2>/dev/null || truncate -s "$SIZE" "$TMP/www/big"

@@ -186,13 +186,15 @@ fn sticky_choice(b: &Backend, req: &Request<Incoming>, client: std::net::IpAddr)
                 }
             }
         }
-        Some(Sticky::Insert { cookie, codec, .. }) => {
+        Some(Sticky::Insert {
+            cookie, codec, values, ..
+        }) => {
             c.req_state = b'N';
             if let Some(v) = request_cookie(req.headers(), cookie) {
                 match codec.decode(v, unix_now()) {
                     Some((part, first)) => {
                         c.first_seen = first;
-                        match b.servers.iter().position(|s| codec.matches(part, s.cfg.addr)) {
+                        match values.iter().position(|v| crate::upstream::stick::value_eq(part, v)) {
                             Some(i) => {
                                 c.server = Some(i);
                                 c.req_state = b'V';
@@ -756,7 +758,9 @@ fn stick_response(
                 resp_state = b'U';
             }
         }
-        Some(Sticky::Insert { cookie, codec, nocache }) => {
+        Some(Sticky::Insert {
+            cookie, codec, nocache, ..
+        }) => {
             let stamped = codec.encode(slot.server().cfg.addr, sticky.first_seen, unix_now());
             let needs = sticky.server != Some(slot.server) || codec.stamped();
             resp_state = b'N';

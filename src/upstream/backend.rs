@@ -144,6 +144,8 @@ pub enum Sticky {
         cookie: String,
         codec: CookieCodec,
         nocache: bool,
+        /// Each server's identity value, computed once (index = server).
+        values: Vec<String>,
     },
     /// Client address -> server.
     Source(StickTable),
@@ -185,11 +187,15 @@ impl Backend {
                 nocache,
                 maxidle,
                 maxlife,
-            } => Sticky::Insert {
-                cookie: cookie.clone(),
-                codec: CookieCodec::new(key, *maxidle, *maxlife),
-                nocache: *nocache,
-            },
+            } => {
+                let codec = CookieCodec::new(key, *maxidle, *maxlife);
+                Sticky::Insert {
+                    cookie: cookie.clone(),
+                    values: cfg.servers.iter().map(|s| codec.server_value(s.addr)).collect(),
+                    codec,
+                    nocache: *nocache,
+                }
+            }
             StickConfig::Source { size, expire } => Sticky::Source(StickTable::new(*size, *expire, 16)),
         });
         Backend {

@@ -613,7 +613,7 @@ fn http2_prior_knowledge_and_alpn() {
 }
 
 /// A self-signed certificate for `names` (the first is the CN), in `dir`.
-fn cert(dir: &TempDir, stem: &str, names: &[&str]) -> (String, String) {
+pub fn cert(dir: &TempDir, stem: &str, names: &[&str]) -> (String, String) {
     let cert = dir.path(&format!("{stem}.pem"));
     let key = dir.path(&format!("{stem}.key"));
     let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");

@@ -11,7 +11,7 @@ mod failover;
 mod forward;
 mod harness;
 mod headers;
-mod lb;
+pub mod lb;
 mod lifecycle;
 mod log;
 mod netns;

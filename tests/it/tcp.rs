@@ -157,41 +157,11 @@ fn tcp_proxy_header_and_tls_termination_in_front() {
     // TLS terminated by sekisho, clear text to the service
     let (b, _) = service("beta", false);
     let dir = TempDir::new();
-    let cert = dir.path("c.pem");
-    let key = dir.path("k.pem");
-    let o = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=tcp.test",
-            "-addext",
-            "subjectAltName=DNS:tcp.test",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (cert, key) = crate::lb::cert(&dir, "tcp", &["tcp.test"]);
     let q = start(&tcp_config(
         &[b],
         "",
-        &format!(
-            "[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
-            cert.display(),
-            key.display()
-        ),
+        &format!("[listener.tls]\ncertificates = [{{ cert = \"{cert}\", key = \"{key}\" }}]"),
     ));
     let mut child = std::process::Command::new("openssl")
         .args([
