@@ -21,6 +21,25 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Binary upgrade: take the listening sockets over from the sekisho
+        /// answering on this control socket; it drains and exits once this
+        /// one is ready.
+        #[arg(long, value_name = "SOCKET")]
+        takeover: Option<PathBuf>,
+    },
+    /// Make the running sekisho reload its configuration: through its
+    /// `control_socket` (the outcome is printed) or by SIGHUP to the process
+    /// in its `pid_file`. The file is validated first; an invalid one is not sent.
+    Reload {
+        /// Configuration file (TOML) of the running instance.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The control socket (instead of the one the file names).
+        #[arg(long, value_name = "SOCKET")]
+        control_socket: Option<PathBuf>,
+        /// The pid file (instead of the one the file names).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a configuration file and print every error with its line and column.
     Check {
@@ -130,7 +149,37 @@ pub fn main() -> ExitCode {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
         }
-        Command::Run { config } => {
+        Command::Reload {
+            config,
+            control_socket,
+            pid_file,
+        } => {
+            let (mut control, mut pid) = (control_socket, pid_file);
+            if let Some(path) = &config {
+                match config::load_file(path) {
+                    Ok(c) => {
+                        control = control.or(c.control_socket.clone());
+                        pid = pid.or(c.pid_file.clone());
+                    }
+                    Err(d) => {
+                        eprintln!("{d}");
+                        eprintln!("not reloading: the running configuration stays");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            match crate::runtime::control::request_reload(control.as_deref(), pid.as_deref()) {
+                Ok(m) => {
+                    println!("{m}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("reload failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config, takeover } => {
             let cfg = match &config {
                 Some(path) => config::load_file(path),
                 None => config::load_str("<embedded default>", config::EMBEDDED_DEFAULT),
@@ -143,7 +192,11 @@ pub fn main() -> ExitCode {
                 }
             };
             init_tracing();
-            match crate::runtime::run(cfg) {
+            let source = match config {
+                Some(p) => crate::runtime::Source::File(p),
+                None => crate::runtime::Source::Embedded,
+            };
+            match crate::runtime::run(cfg, crate::runtime::Start { source, takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,6 +314,9 @@ const TOP: &[&str] = &[
     "pac",
     "pool",
     "return_path",
+    "pid_file",
+    "control_socket",
+    "maxconn",
 ];
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
@@ -371,6 +375,9 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         );
     }
     let egress = egress::egress(&mut cx, &mut root, &acls, &listeners, &visible_hostname);
+    let pid_file = abs_path(&mut cx, &mut root, "pid_file");
+    let control_socket = abs_path(&mut cx, &mut root, "control_socket");
+    let maxconn = root.uint(&mut cx, "maxconn", 0, 10_000_000).unwrap_or(0) as u32;
     root.finish(&mut cx);
 
     if !cx.diags.is_empty() {
@@ -390,7 +397,24 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         run_as,
         egress,
         pools,
+        pid_file,
+        control_socket,
+        maxconn,
+        live: Default::default(),
     })
+}
+
+/// An optional key naming an absolute path.
+fn abs_path(cx: &mut Cx, tab: &mut Tab<'_, '_>, key: &'static str) -> Option<PathBuf> {
+    let (p, span) = tab.str(cx, key)?;
+    if !p.starts_with('/') {
+        cx.err(
+            span,
+            format!("`{}` must be an absolute path, not `{p}`", tab.key_path(key)),
+        );
+        return None;
+    }
+    Some(PathBuf::from(p))
 }
 
 fn system_hostname() -> String {
@@ -719,8 +743,17 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
         request_header_delete: Vec::new(),
         via_value: None,
         anonymous: false,
+        max_header_size: 64 * 1024,
+        max_headers: 100,
     };
-    const KEYS: &[&str] = &["anonymous", "via", "forwarded_for", "request_header_delete"];
+    const KEYS: &[&str] = &[
+        "anonymous",
+        "via",
+        "forwarded_for",
+        "request_header_delete",
+        "max_header_size",
+        "max_headers",
+    ];
     let Some(mut tab) = root.table(cx, "http", KEYS) else {
         return h;
     };
@@ -748,6 +781,12 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
                 ForwardedFor::On
             }
         };
+    }
+    if let Some(n) = tab.uint(cx, "max_header_size", 8192, 16 * 1024 * 1024) {
+        h.max_header_size = n as usize;
+    }
+    if let Some(n) = tab.uint(cx, "max_headers", 1, 10_000) {
+        h.max_headers = n as usize;
     }
     if let Some(list) = tab.strings(cx, "request_header_delete") {
         h.request_header_delete.clear();
@@ -846,6 +885,8 @@ fn listeners(
         "responses",
         "timeout",
         "max_sessions",
+        "maxconn",
+        "maxconn_per_source",
     ];
     const UDP_ONLY: &[&str] = &["responses", "timeout", "max_sessions"];
     const HTTP_ONLY: &[&str] = &[
@@ -929,7 +970,18 @@ fn listeners(
         let mut udp = None;
         if mode != Mode::Udp {
             reject_keys(cx, &mut tab, &lpath, UDP_ONLY, &[], "is for `udp` listeners");
+        } else {
+            reject_keys(
+                cx,
+                &mut tab,
+                &lpath,
+                &["maxconn", "maxconn_per_source"],
+                &[],
+                "is for TCP listeners (`udp` ones have `max_sessions`)",
+            );
         }
+        let maxconn = tab.uint(cx, "maxconn", 0, 10_000_000).unwrap_or(0) as u32;
+        let maxconn_per_source = tab.uint(cx, "maxconn_per_source", 0, 10_000_000).unwrap_or(0) as u32;
         let (http, tls) = match mode {
             Mode::Forward => {
                 reject_keys(
@@ -1036,6 +1088,9 @@ fn listeners(
                 tls,
                 tcp_pool,
                 udp,
+                maxconn,
+                maxconn_per_source,
+                stats: Default::default(),
             });
         }
     }
@@ -1103,8 +1158,8 @@ fn cred_file(
         cx.err(span, format!("`{path}` must be an absolute path, not `{p}`"));
         return None;
     }
-    match crate::policy::credentials::CredFile::open(std::path::Path::new(p), kind) {
-        Ok(f) => Some(Arc::new(f)),
+    match crate::policy::credentials::CredFile::open_shared(std::path::Path::new(p), kind) {
+        Ok(f) => Some(f),
         Err(e) => {
             cx.err(span, format!("`{path}`: {e}"));
             None

@@ -47,6 +47,37 @@ pub struct Config {
     pub egress: egress::Egress,
     /// `[pool.NAME]`: server pools of the load balancer.
     pub pools: Vec<upstream::PoolConfig>,
+    /// Where the daemon writes its process id (for `sekisho reload`).
+    pub pid_file: Option<PathBuf>,
+    /// The control socket (`sekisho reload`, binary upgrade).
+    pub control_socket: Option<PathBuf>,
+    /// Connections accepted at once over all listeners (0: no limit).
+    pub maxconn: u32,
+    /// The run-time side of this configuration: its generation number, its
+    /// pools' live state, and the signal that it was replaced.
+    pub live: Live,
+}
+
+/// What a configuration carries at run time, set up when it is installed.
+pub struct Live {
+    /// 1 for the configuration read at start, one more for each reload.
+    pub generation: u64,
+    /// The load balancer's pools at run time, by config index.
+    pub backends: Vec<Arc<crate::upstream::backend::Backend>>,
+    /// Becomes `true` when a newer configuration (or the shutdown) replaced
+    /// this one: its keep-alive connections close after their current
+    /// request, its health checks stop.
+    pub retired: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            generation: 0,
+            backends: Vec::new(),
+            retired: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// `user` / `group`: who the daemon becomes after binding its sockets.
@@ -89,7 +120,7 @@ impl Default for Timeouts {
 }
 
 /// Name resolution.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResolverConfig {
     /// Static names (lower case), consulted before DNS.
     pub hosts: HashMap<String, Vec<IpAddr>>,
@@ -126,6 +157,10 @@ pub struct HttpOptions {
     pub via_value: Option<http::HeaderValue>,
     /// The `anonymous` switch: changes the defaults of the keys above.
     pub anonymous: bool,
+    /// Largest request header block read from a client, in bytes (431 beyond).
+    pub max_header_size: usize,
+    /// Most header fields in a client's request (431 beyond).
+    pub max_headers: usize,
 }
 
 /// The admin HTTP server (`/healthz`, later stats).
@@ -178,6 +213,12 @@ pub struct ListenerConfig {
     pub tcp_pool: Option<usize>,
     /// `udp` listeners: responses, timeout, session bound.
     pub udp: Option<UdpOptions>,
+    /// Connections this listener serves at once (0: no limit); more wait in the backlog.
+    pub maxconn: u32,
+    /// Connections one client address may hold open at once (0: no limit).
+    pub maxconn_per_source: u32,
+    /// Live counters, kept across reloads for a listener of the same name.
+    pub stats: Arc<crate::observe::stats::ListenerStats>,
 }
 
 /// `[listener.proxy_protocol]`: the PROXY protocol (v1 and v2) in front of the listener.

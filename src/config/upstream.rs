@@ -12,7 +12,7 @@ use crate::policy::acl::Rules;
 use crate::upstream::balance::Algorithm;
 
 /// One upstream server of a pool.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub name: Arc<str>,
     pub addr: SocketAddr,
@@ -63,7 +63,7 @@ pub enum CheckKind {
 }
 
 /// `[pool.NAME.stick]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StickConfig {
     /// Learn the application's cookie from responses, match it on requests.
     Learn {

@@ -160,6 +160,7 @@ pub async fn dial(
     let timeout = cfg.timeouts.connect;
     let ips = state
         .resolver
+        .load_full()
         .resolve(&parent.host)
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", parent.host))?;
@@ -180,6 +181,7 @@ pub async fn dial(
             dst: addr,
             src: via.source,
             route: Route::Parent(idx, via.rule),
+            generation: cfg.live.generation,
         };
         if reuse && let Some((tx, local)) = state.pool.checkout(key) {
             return Ok(Dialed::Pooled { key, tx, local });
@@ -298,14 +300,13 @@ fn parse_answer(head: &[u8]) -> Result<(), TunnelError> {
 
 /// Active checks: every `interval`, a TCP connection to each parent (and the
 /// TLS handshake for TLS parents) marks it up or down.
-pub async fn check_loop(state: Arc<State>, interval: Duration) {
+pub async fn check_loop(state: Arc<State>, interval: Duration, mut retired: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = state.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = retired.wait_for(|r| *r) => return,
         }
         let cfg = state.config.load_full();
         for (idx, p) in cfg.egress.parents.iter().enumerate() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{Config, Mode, Timeouts};
@@ -36,6 +36,8 @@ pub struct Activity {
     /// Microseconds after `base` when the phase began.
     since: AtomicU64,
     in_flight: AtomicU32,
+    /// Responses completed on the connection.
+    served: AtomicU32,
 }
 
 impl Activity {
@@ -45,6 +47,7 @@ impl Activity {
             phase: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            served: AtomicU32::new(0),
         }
     }
 
@@ -73,6 +76,7 @@ impl Activity {
 
     /// A response is complete (or abandoned).
     pub fn end(&self) {
+        self.served.fetch_add(1, Relaxed);
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
             self.since.store(self.now(), Relaxed);
             self.phase.store(IDLE, Relaxed);
@@ -285,7 +289,7 @@ fn log_connection_error(
     rec.active = Duration::ZERO;
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.errors);
-    state.log.submit(rec);
+    state.log.load().submit(rec);
 }
 
 /// A connection closed before its first request because of its PROXY header.
@@ -379,7 +383,13 @@ async fn proxy_handshake(
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mut stream: TcpStream) {
+pub async fn serve(
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    mut session: Session,
+    mut stream: TcpStream,
+    _open: crate::runtime::Open,
+) {
     let _busy = state.busy();
     let prefix = if cfg.listeners[session.listener].proxy_protocol.is_some() {
         match proxy_handshake(&state, &cfg, &mut session, &mut stream).await {
@@ -392,6 +402,13 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
     let timeouts = cfg.timeouts;
     let listener = &cfg.listeners[session.listener];
     let mode = listener.mode;
+    let _source = match SourcePlace::take(&cfg, &session) {
+        Ok(p) => p,
+        Err(limit) => {
+            refuse_over_limit(&state, &cfg, &session, &mut stream, limit).await;
+            return;
+        }
+    };
     let mut prefix = prefix;
     let (stream, tls) = match listener.tls.clone() {
         None => (ClientStream::Plain(stream), None),
@@ -435,8 +452,6 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         }
     };
     if mode == Mode::Tcp {
-        state.listener_conn(session.listener, true);
-        let _listener_conn = ListenerConn(state.clone(), session.listener);
         // bytes read past a PROXY header go to the server first
         crate::front::tcp::serve(state.clone(), cfg.clone(), session, stream, tls, prefix).await;
         return;
@@ -448,8 +463,6 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         }
         _ => false,
     };
-    state.listener_conn(session.listener, true);
-    let _listener_conn = ListenerConn(state.clone(), session.listener);
     let conn = Arc::new(Conn {
         state: state.clone(),
         cfg,
@@ -476,7 +489,7 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         }
     });
     if h2 {
-        serve_h2(&state, &conn, io, svc, &timeouts).await;
+        serve_h2(&conn, io, svc, &timeouts).await;
         return;
     }
     let mut builder = http1::Builder::new();
@@ -484,17 +497,24 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(256 * 1024);
+        .max_buf_size(conn.cfg.http.max_header_size.max(8192))
+        .max_headers(conn.cfg.http.max_headers);
     let served = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(served);
-    let mut stop = state.shutdown_signal();
-    let mut stopping = *stop.borrow();
-    if stopping {
-        served.as_mut().graceful_shutdown();
-    }
+    // a reload or the shutdown retires this configuration: finish the
+    // request in progress, then close
+    let mut stop = conn.cfg.live.retired.subscribe();
+    // a connection retired by a reload before it answered anything serves its
+    // first request first: its client sent it to a listener that accepted it
+    let mut stopping = false;
+    let mut pending = *stop.borrow();
     let check = tokio::time::sleep_until(conn.activity.next_check(&timeouts).into());
     tokio::pin!(check);
     loop {
+        if pending && !stopping && (conn.activity.served.load(Relaxed) > 0 || conn.state.is_stopping_hard()) {
+            stopping = true;
+            served.as_mut().graceful_shutdown();
+        }
         tokio::select! {
             r = &mut served => {
                 if let Err(e) = r {
@@ -510,20 +530,61 @@ pub async fn serve(state: Arc<State>, cfg: Arc<Config>, mut session: Session, mu
                 }
                 check.as_mut().reset(conn.activity.next_check(&timeouts).into());
             }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                served.as_mut().graceful_shutdown();
+            _ = stop.changed(), if !pending => {
+                pending = true;
             }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if pending && !stopping => {}
         }
     }
 }
 
-/// Counts a connection against its listener while it lives (`%fc`).
-struct ListenerConn(Arc<State>, usize);
+/// A place under the listener's `maxconn_per_source`, given back on drop.
+struct SourcePlace(Arc<crate::observe::stats::ListenerStats>, std::net::IpAddr);
 
-impl Drop for ListenerConn {
+impl SourcePlace {
+    /// Takes a place for the session's client; the limit when it has none left.
+    fn take(cfg: &Config, session: &Session) -> Result<Option<SourcePlace>, u32> {
+        let l = &cfg.listeners[session.listener];
+        if l.maxconn_per_source == 0 {
+            return Ok(None);
+        }
+        let ip = session.client.ip();
+        if l.stats.enter_source(ip, l.maxconn_per_source) {
+            Ok(Some(SourcePlace(l.stats.clone(), ip)))
+        } else {
+            Err(l.maxconn_per_source)
+        }
+    }
+}
+
+impl Drop for SourcePlace {
     fn drop(&mut self) {
-        self.0.listener_conn(self.1, false);
+        self.0.leave_source(self.1);
+    }
+}
+
+/// A client over its per-source limit: HTTP listeners without TLS answer
+/// 429 at once (the request is not read), the others close the connection.
+async fn refuse_over_limit(state: &State, cfg: &Config, session: &Session, stream: &mut TcpStream, limit: u32) {
+    let l = &cfg.listeners[session.listener];
+    let why = format!(
+        "{} already holds {limit} connection(s) (maxconn_per_source)",
+        session.client.ip()
+    );
+    let speaks_http = l.tls.is_none() && matches!(l.mode, Mode::Forward | Mode::Http);
+    let name = l.name.clone();
+    tracing::debug!(client = %session.client, listener = %name, "{why}; connection refused");
+    let rec = Record::new(session.accept_time, session.client, session.local, name);
+    if speaks_http {
+        let body = "Too many connections from your address.\n";
+        let answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(answer.as_bytes())).await;
+        log_connection_error(state, rec, session, 429, "error:too-many-connections", b"PR");
+    } else {
+        log_connection_error(state, rec, session, 0, "error:too-many-connections", b"PR");
     }
 }
 
@@ -555,7 +616,7 @@ async fn sniff_h2c(s: &TcpStream, prefix: &mut Vec<u8>, timeout: Duration) -> bo
 }
 
 /// Serves an HTTP/2 connection until it ends or the daemon stops.
-async fn serve_h2<S>(state: &State, conn: &Arc<Conn>, io: TokioIo<ClientIo>, svc: S, timeouts: &Timeouts)
+async fn serve_h2<S>(conn: &Arc<Conn>, io: TokioIo<ClientIo>, svc: S, timeouts: &Timeouts)
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::front::txn::ProxyBody> + Send + 'static,
     S::Future: Send + 'static,
@@ -565,10 +626,11 @@ where
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        .max_header_list_size(u32::try_from(conn.cfg.http.max_header_size).unwrap_or(u32::MAX));
     let served = builder.serve_connection(io, svc);
     tokio::pin!(served);
-    let mut stop = state.shutdown_signal();
+    let mut stop = conn.cfg.live.retired.subscribe();
     let mut stopping = *stop.borrow();
     if stopping {
         served.as_mut().graceful_shutdown();

@@ -190,7 +190,7 @@ async fn admit(txn: &mut Txn, credentials: Option<&HeaderValue>, host: &str, por
 }
 
 async fn resolve(txn: &Txn, host: &str) -> Result<Vec<std::net::IpAddr>, Refusal> {
-    txn.conn.state.resolver.resolve(host).await.map_err(|e| {
+    txn.conn.state.resolver.load_full().resolve(host).await.map_err(|e| {
         Refusal::new(
             StatusCode::BAD_GATEWAY,
             ResultCode::TcpMissError,
@@ -340,6 +340,11 @@ async fn dial_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: &[SocketAddr], reuse: 
             dst: addr,
             src: via.source,
             route: via.rule.map_or(Route::Direct, Route::Outgoing),
+            generation: if via.rule.is_some() {
+                txn.conn.cfg.live.generation
+            } else {
+                0
+            },
         };
         if reuse && let Some((tx, local)) = state.pool.checkout(key) {
             Counters::inc(&state.counters.upstream_reused);

@@ -399,7 +399,7 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
             "No service is configured for this address.",
         );
     };
-    let backend = conn.state.backends[pool_index].clone();
+    let backend = conn.cfg.live.backends[pool_index].clone();
     txn.rec.backend = Some(backend.cfg.name.clone());
     let client = conn.session.client.ip();
     let sticky = sticky_choice(&backend, &req, client);
@@ -638,6 +638,7 @@ async fn send_once(
         dst: addr,
         src: transparent.then(|| txn.conn.session.client.ip()),
         route: crate::relay::pool::Route::Pool(backend.index),
+        generation: txn.conn.cfg.live.generation,
     };
     let pooled = if backend.cfg.proxy_protocol.is_none() {
         state.pool.checkout(key)

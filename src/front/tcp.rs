@@ -52,7 +52,7 @@ pub async fn serve(
         rec.active = started.elapsed();
         rec.total = session.accepted.elapsed();
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.log.submit(rec);
+        state.log.load().submit(rec);
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),
@@ -69,7 +69,7 @@ pub async fn serve(
         finish(rec);
         return;
     }
-    let Some(backend) = listener.tcp_pool.and_then(|i| state.backends.get(i)).cloned() else {
+    let Some(backend) = listener.tcp_pool.and_then(|i| cfg.live.backends.get(i)).cloned() else {
         rec.termination = *b"PR";
         finish(rec);
         return;
@@ -148,7 +148,10 @@ pub async fn serve(
     };
     rec.counts = Some([
         state.counters.active.load(std::sync::atomic::Ordering::Relaxed) as u32,
-        state.listener_active(session.listener),
+        cfg.listeners[session.listener]
+            .stats
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed),
         backend.active.load(std::sync::atomic::Ordering::Relaxed),
         slot.server().active.load(std::sync::atomic::Ordering::Relaxed),
         0,

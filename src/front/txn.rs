@@ -72,7 +72,7 @@ impl Drop for Txn {
             let s = slot.server();
             rec.counts = Some([
                 conn.state.counters.active.load(Relaxed) as u32,
-                conn.state.listener_active(conn.session.listener),
+                conn.cfg.listeners[conn.session.listener].stats.current.load(Relaxed),
                 b.active.load(Relaxed),
                 s.active.load(Relaxed),
                 0,
@@ -86,7 +86,7 @@ impl Drop for Txn {
             ResultCode::TcpMissError | ResultCode::None => Counters::inc(&counters.errors),
             _ => {}
         }
-        conn.state.log.submit(rec);
+        conn.state.log.load().submit(rec);
     }
 }
 

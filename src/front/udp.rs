@@ -30,11 +30,18 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued per session before the next ones are dropped.
 const SESSION_QUEUE: usize = 64;
 
-/// Receives on one UDP listener until shutdown.
-pub async fn serve(state: Arc<State>, index: usize, socket: UdpSocket) {
-    let socket = Arc::new(socket);
+/// Receives on one UDP socket until the daemon stops or the socket is no
+/// longer configured (`stop`). A new session is served by the listener that
+/// the configuration in force binds to this address; sessions keep the
+/// configuration they started with.
+pub async fn serve(
+    state: Arc<State>,
+    bind: SocketAddr,
+    socket: Arc<UdpSocket>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut sessions: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
-    let mut stop = state.shutdown_signal();
+    let mut shutdown = state.shutdown_signal();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client) = tokio::select! {
@@ -46,6 +53,7 @@ pub async fn serve(state: Arc<State>, index: usize, socket: UdpSocket) {
                 }
             },
             _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
         };
         let datagram = Bytes::copy_from_slice(&buf[..n]);
         if let Some(tx) = sessions.get(&client) {
@@ -58,24 +66,31 @@ pub async fn serve(state: Arc<State>, index: usize, socket: UdpSocket) {
                 // the session ended: this datagram starts a new one
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     sessions.remove(&client);
-                    start(&state, index, &socket, &mut sessions, client, d);
+                    start(&state, bind, &socket, &mut sessions, client, d);
                 }
             }
         } else {
-            start(&state, index, &socket, &mut sessions, client, datagram);
+            start(&state, bind, &socket, &mut sessions, client, datagram);
         }
     }
 }
 
 fn start(
     state: &Arc<State>,
-    index: usize,
+    bind: SocketAddr,
     socket: &Arc<UdpSocket>,
     sessions: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     client: SocketAddr,
     first: Bytes,
 ) {
     let cfg = state.config.load_full();
+    let Some(index) = cfg
+        .listeners
+        .iter()
+        .position(|l| l.mode == crate::config::Mode::Udp && l.bind == bind)
+    else {
+        return;
+    };
     let Some(opts) = cfg.listeners[index].udp else { return };
     if sessions.len() >= opts.max_sessions {
         sessions.retain(|_, tx| !tx.is_closed());
@@ -120,7 +135,7 @@ async fn session(
         rec.active = started.elapsed();
         rec.total = rec.active;
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.log.submit(rec);
+        state.log.load().submit(rec);
     };
     if !l.access.check(&cfg.acls, &facts).is_allow() {
         rec.result = ResultCode::TcpDenied;
@@ -128,7 +143,7 @@ async fn session(
         finish(rec);
         return;
     }
-    let Some(backend) = l.tcp_pool.and_then(|i| state.backends.get(i)).cloned() else {
+    let Some(backend) = l.tcp_pool.and_then(|i| cfg.live.backends.get(i)).cloned() else {
         return;
     };
     rec.backend = Some(backend.cfg.name.clone());

@@ -64,21 +64,43 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(sock.into())
 }
 
-/// Accepts on one listener until shutdown begins.
-pub async fn accept_loop(state: Arc<State>, index: usize, listener: TcpListener) {
-    let mut stop = state.shutdown_signal();
+/// Accepts on one listening socket until the daemon stops or the socket is
+/// no longer configured (`stop`). Each connection is served by the listener
+/// that the configuration in force binds to this address, and counted
+/// against its limits; while they are reached, connections wait in the backlog.
+pub async fn accept_loop(
+    state: Arc<State>,
+    bind: SocketAddr,
+    listener: Arc<TcpListener>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut shutdown = state.shutdown_signal();
     loop {
+        tokio::select! {
+            room = state.room_for(bind, &mut stop) => if !room { break },
+            _ = shutdown.changed() => break,
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
         };
         match accepted {
             Ok((stream, client)) => {
+                let cfg = state.config.load_full();
+                let Some(index) = cfg
+                    .listeners
+                    .iter()
+                    .position(|l| l.mode != crate::config::Mode::Udp && l.bind == bind)
+                else {
+                    break;
+                };
                 let _ = stream.set_nodelay(true);
                 let local = stream
                     .local_addr()
-                    .unwrap_or_else(|_| listener.local_addr().expect("bound"));
+                    .unwrap_or_else(|_| listener.local_addr().unwrap_or(bind));
                 crate::observe::counters::Counters::inc(&state.counters.connections);
+                let open = state.open(&cfg.listeners[index].stats);
                 let session = Session {
                     client,
                     local,
@@ -87,8 +109,7 @@ pub async fn accept_loop(state: Arc<State>, index: usize, listener: TcpListener)
                     accept_time: SystemTime::now(),
                     accepted: Instant::now(),
                 };
-                let cfg = state.config.load_full();
-                tokio::spawn(front::conn::serve(state.clone(), cfg, session, stream));
+                tokio::spawn(front::conn::serve(state.clone(), cfg, session, stream, open));
             }
             Err(e) => {
                 // out of descriptors or memory: back off instead of spinning

@@ -14,11 +14,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::policy::acl::Facts;
-use crate::runtime::{self, State};
+use crate::runtime::State;
 
-/// Accepts admin connections until shutdown begins.
-pub async fn serve(state: Arc<State>, listener: TcpListener) {
-    let mut stop = state.shutdown_signal();
+/// Accepts admin connections until shutdown begins or the admin address
+/// changes on reload (`stop`).
+pub async fn serve(state: Arc<State>, listener: Arc<TcpListener>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut shutdown = state.shutdown_signal();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -30,6 +31,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener) {
                 }
             },
             _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
         };
         let st = state.clone();
         tokio::spawn(async move {
@@ -97,7 +99,7 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
             }
         }
         "/stats.json" => {
-            let (written, dropped) = runtime::log_figures(state);
+            let (written, dropped) = state.log_figures();
             let mut body = state.counters.to_json(written, dropped);
             if let Some(a) = &cfg.auth {
                 body.pop();
@@ -106,6 +108,36 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
                     a.password_checks(),
                     a.nonces_tracked()
                 ));
+            }
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                let r = &state.reloads;
+                let last = r.last_error.lock().map(|e| e.clone()).unwrap_or(None);
+                body.pop();
+                body.push_str(&format!(
+                    ",\"generation\":{},\"reloads\":{},\"reloads_failed\":{},\"last_reload_error\":{},\"open_connections\":{},\"maxconn\":{},\"listeners\":[",
+                    cfg.live.generation,
+                    r.count.load(Relaxed),
+                    r.failed.load(Relaxed),
+                    last.map_or("null".to_string(), |e| json_string(&e)),
+                    state.open_connections(),
+                    cfg.maxconn,
+                ));
+                for (i, l) in cfg.listeners.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&format!(
+                        "{{\"name\":{},\"bind\":\"{}\",\"current\":{},\"max\":{},\"total\":{},\"refused\":{}}}",
+                        json_string(&l.name),
+                        l.bind,
+                        l.stats.current.load(Relaxed),
+                        l.stats.max.load(Relaxed),
+                        l.stats.total.load(Relaxed),
+                        l.stats.refused.load(Relaxed),
+                    ));
+                }
+                body.push_str("]}");
             }
             if !cfg.egress.parents.is_empty() {
                 body.pop();
@@ -131,4 +163,20 @@ fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Fu
             "not found; try /healthz, /stats.json or /proxy.pac\n".into(),
         ),
     }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

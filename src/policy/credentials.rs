@@ -201,7 +201,30 @@ fn read_all(f: &mut File) -> io::Result<String> {
     Ok(s)
 }
 
+/// Credential files in use by the running configuration, found again by a reload.
+static OPEN: Mutex<Vec<std::sync::Weak<CredFile>>> = Mutex::new(Vec::new());
+
 impl CredFile {
+    /// The file for a configuration: when the running configuration already
+    /// has it open, that one is read again (through the descriptor kept from
+    /// the start when the path is no longer readable, see [`reload`](Self::reload))
+    /// and shared; else it is opened now.
+    pub fn open_shared(path: &Path, kind: Kind) -> Result<Arc<CredFile>, String> {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        if let Some(f) = open
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|f| f.path == path && f.kind == kind)
+        {
+            f.reload()?;
+            return Ok(f);
+        }
+        let f = Arc::new(CredFile::open(path, kind)?);
+        open.push(Arc::downgrade(&f));
+        Ok(f)
+    }
+
     /// Opens and parses the file; the error lists every bad line.
     pub fn open(path: &Path, kind: Kind) -> Result<CredFile, String> {
         let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;

@@ -34,6 +34,10 @@ pub struct Key {
     pub dst: SocketAddr,
     pub src: Option<IpAddr>,
     pub route: Route,
+    /// The configuration generation whose indices `route` uses (0 for
+    /// [`Route::Direct`], which names none): a reload never hands a
+    /// connection set up for one rule or pool to another that took its index.
+    pub generation: u64,
 }
 
 /// How a pooled connection was set up.
@@ -57,6 +61,7 @@ impl Key {
             dst,
             src: None,
             route: Route::Direct,
+            generation: 0,
         }
     }
 }

@@ -1,33 +1,137 @@
-//! Runtime: the shared state of a running daemon, startup, signals and the
-//! graceful shutdown.
+//! Runtime: the shared state of a running daemon, startup, reload, signals,
+//! the binary upgrade and the graceful shutdown.
+//!
+//! The configuration in force is one `Arc<Config>` in an `ArcSwap`; a
+//! connection takes it at accept and keeps it to its end. A reload builds a
+//! new one beside it (binding only the addresses that are new), hands over
+//! what must survive (server health, stick tables, listener counters) and
+//! swaps it in; the old one is then *retired*: its keep-alive connections
+//! close after their current request, its tunnels run to their end.
+//! Listening sockets belong to the runtime, not to a configuration, so an
+//! unchanged address keeps its socket (and its backlog) across reloads.
 
+pub mod control;
+pub mod notify;
 pub mod privileges;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::egress::resolve::Resolver;
 use crate::observe::counters::Counters;
 use crate::observe::writer::AccessLog;
 use crate::relay::pool::Pool;
+
+/// Where the configuration comes from, to read it again on reload.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Source {
+    fn load(&self) -> Result<Config, String> {
+        match self {
+            Source::File(p) => crate::config::load_file(p).map_err(|d| d.to_string()),
+            Source::Embedded => Ok(crate::config::embedded_default()),
+        }
+    }
+}
+
+/// What kind of socket a listening address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP listener of any mode but `udp`.
+    Tcp,
+    Udp,
+    /// The admin server.
+    Admin,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+            Kind::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "tcp" => Some(Kind::Tcp),
+            "udp" => Some(Kind::Udp),
+            "admin" => Some(Kind::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A bound listening socket.
+pub enum Sock {
+    Tcp(Arc<tokio::net::TcpListener>),
+    Udp(Arc<tokio::net::UdpSocket>),
+}
+
+impl Sock {
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(l) => l.as_raw_fd(),
+            Sock::Udp(u) => u.as_raw_fd(),
+        }
+    }
+}
+
+/// A listening socket owned by the runtime, with the signal that stops its loop.
+struct Bound {
+    kind: Kind,
+    addr: SocketAddr,
+    sock: Sock,
+    stop: watch::Sender<bool>,
+}
+
+/// What the last reloads did, for the admin server.
+#[derive(Default)]
+pub struct ReloadInfo {
+    /// Successful reloads since start.
+    pub count: AtomicU64,
+    /// Reloads refused (an invalid file, an address that cannot be bound).
+    pub failed: AtomicU64,
+    /// The error of the last refused reload, until one succeeds.
+    pub last_error: Mutex<Option<String>>,
+}
 
 /// Everything the connection handlers share. A connection takes one `Arc` of
 /// the current config at accept and keeps it to the end.
 pub struct State {
     pub config: ArcSwap<Config>,
     pub counters: Counters,
-    pub log: AccessLog,
-    pub resolver: Resolver,
+    pub log: ArcSwap<AccessLog>,
+    /// Access-log figures of outputs replaced by reloads: (written, dropped).
+    log_retired: (AtomicU64, AtomicU64),
+    pub resolver: ArcSwap<Resolver>,
     pub pool: Pool,
-    /// The load balancer's pools at run time, by config index.
-    pub backends: Vec<Arc<crate::upstream::backend::Backend>>,
-    /// Client connections open now, per listener (`%fc`).
-    listener_conns: Vec<std::sync::atomic::AtomicU32>,
+    pub reloads: ReloadInfo,
+    source: Source,
+    /// Client connections open now over all listeners (for the global `maxconn`).
+    open: AtomicU32,
+    /// Woken when a connection closes while an accept loop waits for room.
+    room: Notify,
+    sockets: Mutex<Vec<Bound>>,
+    /// Set when a new process took the sockets over: connections accepted
+    /// here still get their first request served while this one drains.
+    pub handed_over: std::sync::atomic::AtomicBool,
+    /// Serialises reloads (SIGHUP and the control socket).
+    reloading: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     drained: Notify,
 }
@@ -46,20 +150,41 @@ impl Drop for Busy {
     }
 }
 
+/// A client connection counted against the limits of its listener and of the
+/// daemon (`maxconn`) while it lives.
+pub struct Open {
+    state: Arc<State>,
+    stats: Arc<crate::observe::stats::ListenerStats>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.stats.close();
+        self.state.open.fetch_sub(1, Relaxed);
+        self.state.room.notify_waiters();
+    }
+}
+
 impl State {
-    pub fn new(config: Config, log: AccessLog) -> Arc<State> {
+    fn new(mut config: Config, log: AccessLog, source: Source) -> Arc<State> {
         let resolver = Resolver::new(&config.resolver);
         let (shutdown, _) = watch::channel(false);
-        let backends = crate::upstream::backend::build(&config.pools);
-        let listener_conns = config.listeners.iter().map(|_| Default::default()).collect();
+        config.live.generation = 1;
+        config.live.backends = crate::upstream::backend::build(&config.pools, &[]);
         Arc::new(State {
-            backends,
-            listener_conns,
             config: ArcSwap::from_pointee(config),
             counters: Counters::default(),
-            log,
-            resolver,
+            log: ArcSwap::from_pointee(log),
+            log_retired: Default::default(),
+            resolver: ArcSwap::from_pointee(resolver),
             pool: Pool::new(),
+            reloads: ReloadInfo::default(),
+            source,
+            open: AtomicU32::new(0),
+            room: Notify::new(),
+            sockets: Mutex::new(Vec::new()),
+            handed_over: Default::default(),
+            reloading: tokio::sync::Mutex::new(()),
             shutdown,
             drained: Notify::new(),
         })
@@ -71,20 +196,19 @@ impl State {
         Busy { state: self.clone() }
     }
 
-    /// One more (or, with `open = false`, one less) client connection on a listener.
-    pub fn listener_conn(&self, listener: usize, open: bool) {
-        if let Some(c) = self.listener_conns.get(listener) {
-            if open {
-                c.fetch_add(1, Relaxed);
-            } else {
-                c.fetch_sub(1, Relaxed);
-            }
+    /// Counts an accepted connection against its listener and the daemon.
+    pub fn open(self: &Arc<Self>, stats: &Arc<crate::observe::stats::ListenerStats>) -> Open {
+        stats.open();
+        self.open.fetch_add(1, Relaxed);
+        Open {
+            state: self.clone(),
+            stats: stats.clone(),
         }
     }
 
-    /// Client connections open now on a listener.
-    pub fn listener_active(&self, listener: usize) -> u32 {
-        self.listener_conns.get(listener).map_or(0, |c| c.load(Relaxed))
+    /// Client connections open now over all listeners.
+    pub fn open_connections(&self) -> u32 {
+        self.open.load(Relaxed)
     }
 
     /// A receiver that sees `true` once shutdown has begun.
@@ -96,10 +220,22 @@ impl State {
         *self.shutdown.borrow()
     }
 
+    /// Stopping for good (not handing over to a new process): a connection
+    /// that has not sent a request yet is closed at once.
+    pub fn is_stopping_hard(&self) -> bool {
+        self.is_shutting_down() && !self.handed_over.load(Relaxed)
+    }
+
     /// Stops accepting, asks connections to finish, and waits for them up to
     /// `deadline`. Returns how many were still open at the deadline.
     pub async fn shut_down(&self, deadline: Duration) -> u64 {
         let _ = self.shutdown.send(true);
+        self.config.load().live.retired.send_replace(true);
+        // the loops drop their handles as they stop: the sockets close (a new
+        // process that took them over holds its own)
+        if let Ok(mut s) = self.sockets.lock() {
+            s.clear();
+        }
         let wait = async {
             loop {
                 let notified = self.drained.notified();
@@ -111,6 +247,226 @@ impl State {
         };
         let _ = tokio::time::timeout(deadline, wait).await;
         self.counters.active.load(Relaxed)
+    }
+
+    /// Access-log records written and dropped since start, over every output.
+    pub fn log_figures(&self) -> (u64, u64) {
+        let log = self.log.load();
+        (
+            log.written() + self.log_retired.0.load(Relaxed),
+            log.dropped() + self.log_retired.1.load(Relaxed),
+        )
+    }
+
+    /// The listening sockets, for a binary upgrade: (kind, address, descriptor).
+    pub fn listening(&self) -> Vec<(Kind, SocketAddr, RawFd)> {
+        self.sockets
+            .lock()
+            .map(|s| s.iter().map(|b| (b.kind, b.addr, b.sock.fd())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Reads the configuration again and, when it is valid and every new
+    /// address can be bound, puts it in force. On error nothing changes.
+    pub async fn reload(self: &Arc<Self>) -> Result<u64, String> {
+        let _one = self.reloading.lock().await;
+        notify::send(&format!("RELOADING=1\nMONOTONIC_USEC={}", notify::monotonic_usec()));
+        let r = self.try_reload();
+        notify::send("READY=1");
+        match &r {
+            Ok(g) => {
+                self.reloads.count.fetch_add(1, Relaxed);
+                if let Ok(mut e) = self.reloads.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!("configuration reloaded: generation {g}");
+            }
+            Err(e) => {
+                self.reloads.failed.fetch_add(1, Relaxed);
+                if let Ok(mut last) = self.reloads.last_error.lock() {
+                    *last = Some(e.clone());
+                }
+                tracing::error!("reload refused, the running configuration stays: {e}");
+            }
+        }
+        r
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<u64, String> {
+        if self.is_shutting_down() {
+            return Err("the daemon is stopping".into());
+        }
+        let mut new = self.source.load()?;
+        let old = self.config.load_full();
+        if new.run_as != old.run_as {
+            return Err("`user` and `group` cannot change on reload: restart sekisho".into());
+        }
+        check_transparency(&new)?;
+        // bind what is new before anything changes
+        let wanted = wanted_sockets(&new);
+        let mut fresh = Vec::new();
+        {
+            let have = self.sockets.lock().map_err(|_| "socket table poisoned")?;
+            for (kind, addr, name) in &wanted {
+                if have.iter().any(|b| b.kind == *kind && b.addr == *addr) {
+                    continue;
+                }
+                let sock = bind(*kind, *addr).map_err(|e| format!("cannot bind {name} on {addr}: {e}"))?;
+                fresh.push((*kind, *addr, sock));
+            }
+        }
+        let log = AccessLog::start(&new.access_logs).map_err(|e| e.to_string())?;
+        // hand over what survives
+        new.live.generation = old.live.generation + 1;
+        new.live.backends = crate::upstream::backend::build(&new.pools, &old.live.backends);
+        for l in new.listeners.iter_mut() {
+            if let Some(o) = old.listeners.iter().find(|o| o.name == l.name) {
+                l.stats = o.stats.clone();
+            }
+        }
+        for p in &new.egress.parents {
+            if let Some(o) = old.egress.parents.iter().find(|o| o.name == p.name) {
+                p.down_until.store(o.down_until.load(Relaxed), Relaxed);
+            }
+        }
+        if new.resolver != old.resolver {
+            self.resolver.store(Arc::new(Resolver::new(&new.resolver)));
+        }
+        let generation = new.live.generation;
+        let new = Arc::new(new);
+        self.config.store(new.clone());
+        old.live.retired.send_replace(true);
+        let old_log = self.log.swap(Arc::new(log));
+        let state = self.clone();
+        // records of requests that took the old output a moment ago still land
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                old_log.close();
+                state.log_retired.0.fetch_add(old_log.written(), Relaxed);
+                state.log_retired.1.fetch_add(old_log.dropped(), Relaxed);
+            })
+            .await;
+        });
+        // sockets: stop the removed ones, start the new ones
+        {
+            let mut have = self.sockets.lock().map_err(|_| "socket table poisoned")?;
+            have.retain(|b| {
+                let keep = wanted.iter().any(|(k, a, _)| *k == b.kind && *a == b.addr);
+                if !keep {
+                    tracing::info!("{} socket on {} closed: no longer configured", b.kind.name(), b.addr);
+                    b.stop.send_replace(true);
+                }
+                keep
+            });
+        }
+        for (kind, addr, sock) in fresh {
+            self.adopt_socket(kind, addr, sock);
+        }
+        start_generation(self, &new);
+        Ok(generation)
+    }
+
+    /// Takes a bound socket into the table and starts its loop.
+    fn adopt_socket(self: &Arc<Self>, kind: Kind, addr: SocketAddr, sock: Sock) {
+        let (stop, rx) = watch::channel(false);
+        match &sock {
+            Sock::Tcp(l) if kind == Kind::Admin => {
+                tokio::spawn(crate::observe::admin::serve(self.clone(), l.clone(), rx));
+            }
+            Sock::Tcp(l) => {
+                tokio::spawn(crate::listen::accept_loop(self.clone(), addr, l.clone(), rx));
+            }
+            Sock::Udp(u) => {
+                tokio::spawn(crate::front::udp::serve(self.clone(), addr, u.clone(), rx));
+            }
+        }
+        if let Ok(mut s) = self.sockets.lock() {
+            s.push(Bound { kind, addr, sock, stop });
+        }
+    }
+
+    /// Waits until the limits leave room for one more connection on the
+    /// listener bound to `addr`; false when that listener is gone.
+    pub async fn room_for(&self, addr: SocketAddr, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            let woken = self.room.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let cfg = self.config.load();
+                let Some(l) = cfg.listeners.iter().find(|l| l.mode != Mode::Udp && l.bind == addr) else {
+                    return false;
+                };
+                let global = cfg.maxconn == 0 || self.open.load(Relaxed) < cfg.maxconn;
+                let local = l.maxconn == 0 || l.stats.current.load(Relaxed) < l.maxconn;
+                if global && local {
+                    return true;
+                }
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                // a reload may raise the limits
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return false,
+            }
+        }
+    }
+}
+
+/// Every socket a configuration needs: (kind, address, what it is for).
+fn wanted_sockets(cfg: &Config) -> Vec<(Kind, SocketAddr, String)> {
+    let mut out: Vec<(Kind, SocketAddr, String)> = cfg
+        .listeners
+        .iter()
+        .map(|l| {
+            let kind = if l.mode == Mode::Udp { Kind::Udp } else { Kind::Tcp };
+            (kind, l.bind, format!("listener `{}`", l.name))
+        })
+        .collect();
+    if let Some(a) = &cfg.admin {
+        out.push((Kind::Admin, a.bind, "the admin server".into()));
+    }
+    out
+}
+
+fn bind(kind: Kind, addr: SocketAddr) -> std::io::Result<Sock> {
+    Ok(match kind {
+        Kind::Udp => Sock::Udp(Arc::new(tokio::net::UdpSocket::from_std(crate::listen::bind_udp(
+            addr,
+        )?)?)),
+        Kind::Tcp | Kind::Admin => Sock::Tcp(Arc::new(tokio::net::TcpListener::from_std(crate::listen::bind_tcp(
+            addr,
+        )?)?)),
+    })
+}
+
+/// Starts what belongs to one configuration: its health checks and parent checks.
+fn start_generation(state: &Arc<State>, cfg: &Arc<Config>) {
+    crate::upstream::health::start(cfg);
+    if let Some(a) = cfg.auth.clone()
+        && let Some(every) = a.garbage_interval()
+    {
+        let mut retired = cfg.live.retired.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = retired.wait_for(|r| *r) => return,
+                }
+                let left = a.collect_garbage();
+                tracing::debug!("Digest nonces: {left} in use after garbage collection");
+            }
+        });
+    }
+    if let Some(every) = cfg.egress.parent_check_interval {
+        tokio::spawn(crate::egress::parent::check_loop(
+            state.clone(),
+            every,
+            cfg.live.retired.subscribe(),
+        ));
     }
 }
 
@@ -137,10 +493,8 @@ pub async fn stop_signal() -> &'static str {
     }
 }
 
-/// SIGHUP re-reads the credential files (through the descriptors opened at
-/// start when the files are no longer readable by the user the daemon runs as).
-/// It never stops the daemon, whether or not there is anything to re-read.
-async fn reload_on_sighup(auth: Option<Arc<crate::policy::auth::Authenticator>>) {
+/// SIGHUP reloads the configuration (and with it the credential files).
+async fn reload_on_sighup(state: Arc<State>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -150,22 +504,9 @@ async fn reload_on_sighup(auth: Option<Arc<crate::policy::auth::Authenticator>>)
         }
     };
     while hup.recv().await.is_some() {
-        let Some(auth) = &auth else {
-            tracing::info!("SIGHUP: no credential files to re-read (the configuration itself is read only at start)");
-            continue;
-        };
-        for r in auth.reload_files() {
-            match r {
-                Ok(m) => tracing::info!("SIGHUP: reloaded {m}"),
-                Err(e) => tracing::error!("SIGHUP: {e}"),
-            }
-        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = state.reload().await;
     }
-}
-
-/// The counter that tracks access-log records, for the admin server.
-pub fn log_figures(state: &State) -> (u64, u64) {
-    (state.log.written(), state.log.dropped())
 }
 
 /// Pools that send from the client's address need CAP_NET_ADMIN: without
@@ -196,48 +537,86 @@ fn check_transparency(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds every listener, starts the daemon, and runs until SIGTERM/SIGINT,
-/// then drains. Errors that stop the start are returned as one clear line.
-pub fn run(cfg: Config) -> Result<(), String> {
+/// How `sekisho run` was asked to start.
+pub struct Start {
+    pub source: Source,
+    /// Take the listening sockets over from the sekisho behind this control socket.
+    pub takeover: Option<PathBuf>,
+}
+
+/// Binds every listener, starts the daemon, and runs until SIGTERM/SIGINT
+/// (or until a new process took its sockets over), then drains. Errors that
+/// stop the start are returned as one clear line.
+pub fn run(cfg: Config, start: Start) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let state = rt.block_on(start_and_wait(cfg))?;
+    let state = rt.block_on(start_and_wait(cfg, start))?;
     // tasks still running at the deadline are dropped here; their records are queued
     rt.shutdown_timeout(Duration::from_secs(1));
-    state.log.close();
+    state.log.load().close();
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
-    let mut listeners = Vec::new();
-    let mut udp_listeners = Vec::new();
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        let fail = |e: std::io::Error| format!("cannot bind listener `{}` on {}: {e}", l.name, l.bind);
-        if l.mode == crate::config::Mode::Udp {
-            let sock = crate::listen::bind_udp(l.bind)
-                .and_then(tokio::net::UdpSocket::from_std)
-                .map_err(fail)?;
-            udp_listeners.push((i, sock));
-            continue;
+/// Raises the soft limit on open files to the hard one: every proxied
+/// connection holds two descriptors.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
         }
-        let sock = crate::listen::bind_tcp(l.bind)
-            .and_then(tokio::net::TcpListener::from_std)
-            .map_err(fail)?;
-        listeners.push((i, sock));
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
     }
+    lim.rlim_cur
+}
+
+async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, String> {
+    let nofile = raise_nofile();
+    if cfg.maxconn == 0 {
+        // room for two descriptors per connection and a reserve
+        cfg.maxconn = (nofile.saturating_sub(128) / 2).clamp(64, u32::MAX as u64) as u32;
+    }
+    let mut inherited = match &start.takeover {
+        Some(path) => control::take_over(path).await?,
+        None => Vec::new(),
+    };
+    let mut bound = Vec::new();
+    for (kind, addr, name) in wanted_sockets(&cfg) {
+        let sock = match inherited.iter().position(|(k, a, _)| *k == kind && *a == addr) {
+            Some(i) => inherited.swap_remove(i).2,
+            None => bind(kind, addr).map_err(|e| format!("cannot bind {name} on {addr}: {e}"))?,
+        };
+        bound.push((kind, addr, sock));
+    }
+    // descriptors the new configuration does not use are closed here
+    drop(inherited);
     check_transparency(&cfg)?;
-    let admin = match &cfg.admin {
-        Some(a) => Some(
-            crate::listen::bind_tcp(a.bind)
-                .and_then(tokio::net::TcpListener::from_std)
-                .map_err(|e| format!("cannot bind the admin server on {}: {e}", a.bind))?,
-        ),
+    let log = AccessLog::start(&cfg.access_logs).map_err(|e| e.to_string())?;
+    let control_path = cfg.control_socket.clone();
+    let control = match &control_path {
+        Some(p) => Some(control::bind(p, start.takeover.is_some())?),
         None => None,
     };
-    let log = AccessLog::start(&cfg.access_logs).map_err(|e| e.to_string())?;
+    let pid_file = cfg.pid_file.clone();
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write the pid file {}: {e}", p.display()))?;
+    }
     let shutdown_deadline = cfg.timeouts.shutdown;
     let names: Vec<String> = cfg
         .listeners
@@ -246,8 +625,7 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         .collect();
     let admin_addr = cfg.admin.as_ref().map(|a| a.bind);
     let run_as = cfg.run_as.clone();
-    let auth = cfg.auth.clone();
-    let state = State::new(cfg, log);
+    let state = State::new(cfg, log, start.source);
     // every socket is bound and every file open: now drop root, or stop
     if let Some(to) = &run_as {
         privileges::drop_to(to)?;
@@ -258,32 +636,14 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
             to.gid
         );
     }
-    if let Some(a) = auth.clone()
-        && let Some(every) = a.garbage_interval()
-    {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let left = a.collect_garbage();
-                tracing::debug!("Digest nonces: {left} in use after garbage collection");
-            }
-        });
+    tokio::spawn(reload_on_sighup(state.clone()));
+    start_generation(&state, &state.config.load_full());
+    for (kind, addr, sock) in bound {
+        state.adopt_socket(kind, addr, sock);
     }
-    tokio::spawn(reload_on_sighup(auth));
-    crate::upstream::health::start(&state, &state.backends);
-    if let Some(every) = state.config.load().egress.parent_check_interval {
-        tokio::spawn(crate::egress::parent::check_loop(state.clone(), every));
-    }
-    for (i, l) in listeners {
-        tokio::spawn(crate::listen::accept_loop(state.clone(), i, l));
-    }
-    for (i, u) in udp_listeners {
-        tokio::spawn(crate::front::udp::serve(state.clone(), i, u));
-    }
-    if let Some(a) = admin {
-        tokio::spawn(crate::observe::admin::serve(state.clone(), a));
+    let (taken_tx, mut taken) = watch::channel(false);
+    if let Some(c) = control {
+        tokio::spawn(control::serve(state.clone(), c, taken_tx));
     }
     let sweeper = state.clone();
     tokio::spawn(async move {
@@ -298,11 +658,23 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         names.join(", "),
         admin_addr.map(|a| format!("; admin on {a}")).unwrap_or_default()
     );
+    if let Some(path) = &start.takeover {
+        control::taken_over(path).await;
+    }
+    notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
 
-    let sig = stop_signal().await;
+    let why = tokio::select! {
+        s = stop_signal() => s,
+        _ = taken.wait_for(|t| *t) => "binary upgrade",
+    };
+    let upgraded = *taken.borrow();
+    state.handed_over.store(upgraded, Relaxed);
+    if !upgraded {
+        notify::send("STOPPING=1");
+    }
     let open = state.counters.active.load(Relaxed);
     tracing::info!(
-        "{sig}: no longer accepting; waiting up to {} s for {open} open connection(s)",
+        "{why}: no longer accepting; waiting up to {} s for {open} open connection(s)",
         shutdown_deadline.as_secs_f64()
     );
     let left = tokio::select! {
@@ -314,6 +686,17 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
     };
     if left > 0 {
         tracing::warn!("{left} connection(s) still open at the shutdown deadline; closing them");
+    }
+    // a new process owns the names now; remove them only when they are still ours
+    if !upgraded {
+        if let Some(p) = &pid_file
+            && std::fs::read_to_string(p).is_ok_and(|s| s.trim() == std::process::id().to_string())
+        {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some(p) = &control_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
     Ok(state)
 }

@@ -138,7 +138,7 @@ impl Drop for Slot {
 /// Stickiness state of a pool.
 pub enum Sticky {
     /// A learnt application cookie -> server.
-    Learn { cookie: String, table: StickTable },
+    Learn { cookie: String, table: Arc<StickTable> },
     /// An inserted cookie naming the server by a keyed hash.
     Insert {
         cookie: String,
@@ -148,7 +148,7 @@ pub enum Sticky {
         values: Vec<String>,
     },
     /// Client address -> server.
-    Source(StickTable),
+    Source(Arc<StickTable>),
 }
 
 /// A pool at run time.
@@ -156,7 +156,9 @@ pub struct Backend {
     /// Index of the pool in the configuration.
     pub index: usize,
     pub cfg: PoolConfig,
-    pub servers: Vec<Server>,
+    /// Shared with the previous configuration's pool of the same name when
+    /// the server is unchanged, so health and counters survive a reload.
+    pub servers: Vec<Arc<Server>>,
     pub balancer: Balancer,
     pub sticky: Option<Sticky>,
     /// Requests holding a slot (`%bc`).
@@ -179,7 +181,7 @@ impl Backend {
                 key_len,
             } => Sticky::Learn {
                 cookie: cookie.clone(),
-                table: StickTable::new(*size, *expire, *key_len),
+                table: Arc::new(StickTable::new(*size, *expire, *key_len)),
             },
             StickConfig::Insert {
                 cookie,
@@ -196,11 +198,11 @@ impl Backend {
                     nocache: *nocache,
                 }
             }
-            StickConfig::Source { size, expire } => Sticky::Source(StickTable::new(*size, *expire, 16)),
+            StickConfig::Source { size, expire } => Sticky::Source(Arc::new(StickTable::new(*size, *expire, 16))),
         });
         Backend {
             index,
-            servers: cfg.servers.iter().cloned().map(Server::new).collect(),
+            servers: cfg.servers.iter().cloned().map(|s| Arc::new(Server::new(s))).collect(),
             cfg,
             balancer,
             sticky,
@@ -350,12 +352,60 @@ pub fn source_key(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Every pool of the config, at run time.
-pub fn build(pools: &[PoolConfig]) -> Vec<Arc<Backend>> {
+/// Every pool of the config, at run time. A pool of the same name in
+/// `previous` (the configuration being replaced) hands over what should
+/// survive a reload: an unchanged server keeps its live state (health,
+/// counters, an operator's weight); a changed one starts with the old health
+/// verdict; stick tables are kept when the stickiness and the server list are
+/// unchanged (their entries name servers by position).
+pub fn build(pools: &[PoolConfig], previous: &[Arc<Backend>]) -> Vec<Arc<Backend>> {
     pools
         .iter()
         .cloned()
         .enumerate()
-        .map(|(i, p)| Arc::new(Backend::new(i, p)))
+        .map(|(i, p)| {
+            let mut b = Backend::new(i, p);
+            if let Some(old) = previous.iter().find(|o| o.cfg.name == b.cfg.name) {
+                b.adopt(old);
+            }
+            Arc::new(b)
+        })
         .collect()
+}
+
+impl Backend {
+    fn adopt(&mut self, old: &Backend) {
+        for s in self.servers.iter_mut() {
+            let Some(o) = old.servers.iter().find(|o| o.cfg.name == s.cfg.name) else {
+                continue;
+            };
+            if o.cfg == s.cfg {
+                *s = o.clone();
+            } else if o.cfg.addr == s.cfg.addr {
+                s.check_up.store(o.check_up.load(Relaxed), Relaxed);
+                s.out_until.store(o.out_until.load(Relaxed), Relaxed);
+                if let (Ok(mut r), Ok(or)) = (s.last_reason.lock(), o.last_reason.lock()) {
+                    *r = or.clone();
+                }
+            }
+        }
+        let same_servers = old.servers.len() == self.servers.len()
+            && old
+                .servers
+                .iter()
+                .zip(&self.servers)
+                .all(|(a, b)| a.cfg.addr == b.cfg.addr);
+        if !same_servers {
+            return;
+        }
+        match (&mut self.sticky, &old.sticky, &self.cfg.stick, &old.cfg.stick) {
+            (Some(Sticky::Learn { table, .. }), Some(Sticky::Learn { table: ot, .. }), Some(n), Some(o))
+            | (Some(Sticky::Source(table)), Some(Sticky::Source(ot)), Some(n), Some(o))
+                if n == o =>
+            {
+                *table = ot.clone();
+            }
+            _ => {}
+        }
+    }
 }

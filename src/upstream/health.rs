@@ -9,20 +9,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::config::Config;
 use crate::config::upstream::{CheckConfig, CheckKind, UpstreamTls};
-use crate::runtime::State;
 use crate::upstream::backend::{Backend, Server};
 
-/// Runs the checks of one pool until shutdown.
-pub async fn run(state: Arc<State>, backend: Arc<Backend>) {
+/// Runs the checks of one pool until its configuration is retired.
+pub async fn run(backend: Arc<Backend>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let Some(check) = backend.cfg.check.clone() else { return };
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = state.shutdown_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|r| *r) => return,
         }
         let tls = backend.cfg.tls.as_ref();
         let pp = backend.cfg.proxy_protocol;
@@ -195,10 +194,11 @@ async fn probe_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Starts the checks of every pool that has them.
-pub fn start(state: &Arc<State>, backends: &[Arc<Backend>]) {
-    for b in backends {
+/// Starts the checks of a configuration's pools; they stop when it is retired.
+pub fn start(cfg: &Config) {
+    for b in &cfg.live.backends {
         if b.cfg.check.is_some() {
-            tokio::spawn(run(state.clone(), b.clone()));
+            tokio::spawn(run(b.clone(), cfg.live.retired.subscribe()));
         }
     }
 }

@@ -89,6 +89,12 @@ pub struct Sekisho {
 
 /// `{PORT}` and `{ADMIN}` in the config text become the chosen ports.
 pub fn start(config: &str) -> Sekisho {
+    start_env(config, &[])
+}
+
+/// [`start`] with extra environment variables; `{DIR}` in their values is
+/// the instance's directory too.
+pub fn start_env(config: &str, env: &[(&str, &str)]) -> Sekisho {
     let dir = TempDir::new();
     let port = free_port();
     let admin_port = free_port();
@@ -101,6 +107,10 @@ pub fn start(config: &str) -> Sekisho {
     let child = Command::new(bin())
         .args(["run", "-c"])
         .arg(&cfg)
+        .envs(
+            env.iter()
+                .map(|(k, v)| (*k, v.replace("{DIR}", dir.0.to_str().unwrap()))),
+        )
         .stdout(std::fs::File::create(dir.path("stdout")).unwrap())
         .stderr(std::fs::File::create(dir.path("stderr")).unwrap())
         .spawn()

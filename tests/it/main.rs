@@ -16,6 +16,7 @@ mod lifecycle;
 mod log;
 mod netns;
 mod netns_smoke;
+mod operate;
 mod privileges;
 mod proxy_protocol;
 mod tcp;
