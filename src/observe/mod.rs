@@ -4,4 +4,5 @@ pub mod admin;
 pub mod counters;
 pub mod format;
 pub mod record;
+pub mod syslog;
 pub mod writer;
