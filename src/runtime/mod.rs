@@ -163,6 +163,29 @@ async fn reload_on_sighup(auth: Option<Arc<crate::policy::auth::Authenticator>>)
     }
 }
 
+/// SIGUSR1 makes every file access log open its path again (log rotation:
+/// move the file, then signal). The handler is installed before this returns,
+/// so the signal never stops the daemon once the future is spawned.
+fn reopen_on_sigusr1(state: Arc<State>) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let usr1 = signal(SignalKind::user_defined1());
+    async move {
+        let mut usr1 = match usr1 {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGUSR1: {e}");
+                return;
+            }
+        };
+        while usr1.recv().await.is_some() {
+            match state.log.reopen() {
+                0 => tracing::info!("SIGUSR1: no access log file to reopen"),
+                n => tracing::info!("SIGUSR1: reopening {n} access log file(s)"),
+            }
+        }
+    }
+}
+
 /// The counter that tracks access-log records, for the admin server.
 pub fn log_figures(state: &State) -> (u64, u64) {
     (state.log.written(), state.log.dropped())
@@ -272,6 +295,7 @@ async fn start_and_wait(cfg: Config) -> Result<Arc<State>, String> {
         });
     }
     tokio::spawn(reload_on_sighup(auth));
+    tokio::spawn(reopen_on_sigusr1(state.clone()));
     crate::upstream::health::start(&state, &state.backends);
     if let Some(every) = state.config.load().egress.parent_check_interval {
         tokio::spawn(crate::egress::parent::check_loop(state.clone(), every));
