@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::*;
 use crate::observe::format::{LogFormat, Style};
+use crate::observe::syslog::{SyslogAddress, SyslogConfig, SyslogFormat};
 use crate::policy::acl::{self, Acl, AclKind, DomainPattern, Rules};
 
 mod egress;
@@ -1378,33 +1379,67 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
+/// The `[[access_log]]` keys that only `output = "syslog"` takes.
+const SYSLOG_KEYS: &[&str] = &[
+    "syslog_address",
+    "syslog_format",
+    "syslog_facility",
+    "syslog_severity",
+    "syslog_tag",
+    "syslog_hostname",
+    "syslog_max_length",
+];
+
 fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
-    const KEYS: &[&str] = &["output", "format", "style", "queue_size"];
+    const KEYS: &[&str] = &[
+        "output",
+        "format",
+        "style",
+        "queue_size",
+        "syslog_address",
+        "syslog_format",
+        "syslog_facility",
+        "syslog_severity",
+        "syslog_tag",
+        "syslog_hostname",
+        "syslog_max_length",
+    ];
     let mut out = Vec::new();
     for (i, mut tab) in tables_of(cx, root, "access_log", KEYS) {
-        let target = match tab.str(cx, "output") {
-            Some(("stdout", _)) | None => LogTarget::Stdout,
-            Some(("stderr", _)) => LogTarget::Stderr,
+        let path = format!("access_log[{i}]");
+        let output = tab.str(cx, "output");
+        let is_syslog = matches!(output, Some(("syslog", _)));
+        let target = match output {
+            Some(("stdout", _)) | None => Some(LogTarget::Stdout),
+            Some(("stderr", _)) => Some(LogTarget::Stderr),
+            Some(("syslog", _)) => syslog_output(cx, &mut tab, &path).map(LogTarget::Syslog),
             Some((p, span)) => {
                 if !p.starts_with('/') {
                     cx.err(
                         span,
                         format!(
-                            "`access_log[{i}].output` is \"stdout\", \"stderr\" or an absolute file path, not `{p}`"
+                            "`{path}.output` is \"stdout\", \"stderr\", \"syslog\" or an absolute file path, not `{p}`"
                         ),
                     );
                 }
-                LogTarget::File(p.into())
+                Some(LogTarget::File(p.into()))
             }
         };
+        if !is_syslog {
+            reject_keys(
+                cx,
+                &mut tab,
+                &path,
+                SYSLOG_KEYS,
+                &[],
+                "is only for `output = \"syslog\"`",
+            );
+        }
         let style = match tab.str(cx, "style") {
             Some(("squid", _)) | None => Style::Squid,
             Some(("haproxy", _)) => Style::Haproxy,
             Some((s, span)) => {
-                cx.err(
-                    span,
-                    format!("`access_log[{i}].style` is \"squid\" or \"haproxy\", not `{s}`"),
-                );
+                cx.err(span, format!("`{path}.style` is \"squid\" or \"haproxy\", not `{s}`"));
                 Style::Squid
             }
         };
@@ -1436,7 +1471,7 @@ fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
         };
         let queue_size = tab.uint(cx, "queue_size", 1, 1 << 20).unwrap_or(8192) as usize;
         tab.finish(cx);
-        if let Some(format) = format {
+        if let (Some(format), Some(target)) = (format, target) {
             out.push(AccessLogConfig {
                 target,
                 format: Arc::new(format),
@@ -1445,6 +1480,81 @@ fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
         }
     }
     out
+}
+
+/// The `syslog_*` keys of an `output = "syslog"` access log; `None` after an error.
+fn syslog_output(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<SyslogConfig> {
+    use crate::observe::syslog;
+    let errors = cx.diags.len();
+    let address = match tab.str(cx, "syslog_address") {
+        None => SyslogAddress::Unix(syslog::DEFAULT_SOCKET.into()),
+        Some((s, span)) => syslog::parse_address(s).unwrap_or_else(|e| {
+            cx.err(span, format!("`{path}.syslog_address`: {e}"));
+            SyslogAddress::Unix(syslog::DEFAULT_SOCKET.into())
+        }),
+    };
+    let format = match tab.str(cx, "syslog_format") {
+        Some(("rfc5424", _)) | None => SyslogFormat::Rfc5424,
+        Some(("rfc3164", _)) => SyslogFormat::Rfc3164,
+        Some((s, span)) => {
+            cx.err(
+                span,
+                format!("`{path}.syslog_format` is \"rfc5424\" or \"rfc3164\", not `{s}`"),
+            );
+            SyslogFormat::Rfc5424
+        }
+    };
+    let mut named = |key: &'static str, table: &[(&str, u8)], default: u8, what: &str| match tab.str(cx, key) {
+        None => default,
+        Some((s, span)) => syslog::code_of(table, s).unwrap_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            cx.err(
+                span,
+                format!(
+                    "`{path}.{key}`: unknown {what} `{s}`; expected one of: {}",
+                    names.join(", ")
+                ),
+            );
+            default
+        }),
+    };
+    let facility = named("syslog_facility", syslog::FACILITIES, 16, "facility");
+    let severity = named("syslog_severity", syslog::SEVERITIES, 6, "severity");
+    let tag = match tab.str(cx, "syslog_tag") {
+        None => "sekisho".to_string(),
+        Some((s, span)) => {
+            if let Err(e) = syslog::check_tag(s) {
+                cx.err(span, format!("`{path}.syslog_tag` {e}"));
+            }
+            s.to_string()
+        }
+    };
+    let hostname = match tab.str(cx, "syslog_hostname") {
+        None => syslog::header_hostname(&system_hostname()),
+        Some((s, span)) => {
+            if let Err(e) = syslog::check_hostname(s) {
+                cx.err(span, format!("`{path}.syslog_hostname` {e}"));
+            }
+            s.to_string()
+        }
+    };
+    let max_length = tab
+        .uint(
+            cx,
+            "syslog_max_length",
+            syslog::MIN_MAX_LENGTH as u64,
+            syslog::MAX_MAX_LENGTH as u64,
+        )
+        .map_or_else(|| syslog::default_max_length(&address), |n| n as usize);
+    (cx.diags.len() == errors).then_some(SyslogConfig {
+        address,
+        format,
+        facility,
+        severity,
+        tag,
+        hostname,
+        max_length,
+    })
 }
 
 #[cfg(test)]
@@ -1513,6 +1623,51 @@ access = ["allow nosuch"]
         );
         assert_eq!(e.len(), 1, "{e:#?}");
         assert!(e[0].contains("duplicate listener address 127.0.0.1:3128"));
+    }
+
+    #[test]
+    fn syslog_outputs() {
+        let c = load("[[access_log]]\noutput = \"syslog\"\nformat = \"json\"\n")
+            .ok()
+            .unwrap();
+        let LogTarget::Syslog(s) = &c.access_logs[0].target else {
+            panic!("not a syslog output")
+        };
+        assert_eq!(s.address, SyslogAddress::Unix("/dev/log".into()));
+        assert_eq!((s.format, s.facility, s.severity), (SyslogFormat::Rfc5424, 16, 6));
+        assert_eq!((s.tag.as_str(), s.max_length), ("sekisho", 8192));
+        assert!(!s.hostname.is_empty());
+        let c = load(
+            "[[access_log]]\noutput = \"syslog\"\nsyslog_address = \"udp://[::1]:5514\"\nsyslog_format = \"rfc3164\"\nsyslog_facility = \"daemon\"\nsyslog_severity = \"notice\"\nsyslog_tag = \"gate\"\nsyslog_hostname = \"p1\"\n",
+        )
+        .ok()
+        .unwrap();
+        let LogTarget::Syslog(s) = &c.access_logs[0].target else {
+            panic!("not a syslog output")
+        };
+        assert_eq!(s.address.to_string(), "udp://[::1]:5514");
+        assert_eq!((s.format, s.facility, s.severity), (SyslogFormat::Rfc3164, 3, 5));
+        assert_eq!(
+            (s.tag.as_str(), s.hostname.as_str(), s.max_length),
+            ("gate", "p1", 2048)
+        );
+        let e = errors(
+            "[[access_log]]\noutput = \"syslog\"\nsyslog_address = \"tcp://h:1\"\nsyslog_format = \"rfc1\"\nsyslog_facility = \"local9\"\nsyslog_severity = \"loud\"\nsyslog_tag = \"a b\"\nsyslog_hostname = \"\"\nsyslog_max_length = 100\nsyslog_port = 1\n[[access_log]]\noutput = \"/var/log/a.log\"\nsyslog_tag = \"x\"\n",
+        );
+        assert_eq!(e.len(), 9, "{e:#?}");
+        for want in [
+            "`tcp` transport is not supported",
+            "`access_log[0].syslog_format` is \"rfc5424\" or \"rfc3164\"",
+            "unknown facility `local9`",
+            "unknown severity `loud`",
+            "`access_log[0].syslog_tag` may hold",
+            "`access_log[0].syslog_hostname` must be 1 to 255",
+            "`access_log[0].syslog_max_length` must be between 480 and 65507",
+            "unknown key `syslog_port`",
+            "`access_log[1].syslog_tag` is only for `output = \"syslog\"`",
+        ] {
+            assert!(e.iter().any(|m| m.contains(want)), "no `{want}` in {e:#?}");
+        }
     }
 
     #[test]

@@ -238,6 +238,7 @@ pub enum LogTarget {
     Stdout,
     Stderr,
     File(PathBuf),
+    Syslog(crate::observe::syslog::SyslogConfig),
 }
 
 /// One access-log output.

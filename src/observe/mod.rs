@@ -5,4 +5,5 @@ pub mod counters;
 pub mod format;
 pub mod record;
 pub mod stats;
+pub mod syslog;
 pub mod writer;

@@ -494,18 +494,45 @@ pub async fn stop_signal() -> &'static str {
 }
 
 /// SIGHUP reloads the configuration (and with it the credential files).
-async fn reload_on_sighup(state: Arc<State>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGHUP: {e}");
-            return;
+fn reload_on_sighup(
+    state: Arc<State>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let mut hup = match hup {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGHUP: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = state.reload().await;
         }
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the configuration");
-        let _ = state.reload().await;
+    }
+}
+
+/// SIGUSR1 makes every file access log open its path again (log rotation:
+/// move the file, then signal).
+fn reopen_on_sigusr1(
+    state: Arc<State>,
+    usr1: std::io::Result<tokio::signal::unix::Signal>,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let mut usr1 = match usr1 {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGUSR1: {e}");
+                return;
+            }
+        };
+        while usr1.recv().await.is_some() {
+            match state.log.load().reopen() {
+                0 => tracing::info!("SIGUSR1: no access log file to reopen"),
+                n => tracing::info!("SIGUSR1: reopening {n} access log file(s)"),
+            }
+        }
     }
 }
 
@@ -586,6 +613,11 @@ fn raise_nofile() -> u64 {
 }
 
 async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, String> {
+    // the handlers exist before any socket listens: a signal sent as soon as
+    // the port answers never finds the default action (which stops the process)
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup());
+    let usr1 = signal(SignalKind::user_defined1());
     let nofile = raise_nofile();
     if cfg.maxconn == 0 {
         // room for two descriptors per connection and a reserve
@@ -636,7 +668,7 @@ async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, Str
             to.gid
         );
     }
-    tokio::spawn(reload_on_sighup(state.clone()));
+    tokio::spawn(reload_on_sighup(state.clone(), hup));
     start_generation(&state, &state.config.load_full());
     for (kind, addr, sock) in bound {
         state.adopt_socket(kind, addr, sock);
@@ -645,6 +677,7 @@ async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, Str
     if let Some(c) = control {
         tokio::spawn(control::serve(state.clone(), c, taken_tx));
     }
+    tokio::spawn(reopen_on_sigusr1(state.clone(), usr1));
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

@@ -501,3 +501,96 @@ fn assert_message_top(text: &str, needle: &str) {
     assert!(!ok, "check accepted:\n{text}");
     assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
 }
+
+#[test]
+fn access_log_errors() {
+    const SYSLOG: &str = "[[access_log]]\noutput = \"syslog\"\n";
+    let bad = |line: &str| format!("{SYSLOG}{line}\n");
+    assert_error(
+        &bad("syslog_address = \"tcp://logs:514\""),
+        3,
+        18,
+        "`access_log[0].syslog_address`: the `tcp` transport is not supported",
+    );
+    assert_error(
+        &bad("syslog_address = \"udp://logs:0\""),
+        3,
+        18,
+        "is not a port (1-65535)",
+    );
+    assert_error(
+        &bad("syslog_address = \"unix://dev/log\""),
+        3,
+        18,
+        "the socket path must be absolute",
+    );
+    assert_error(
+        &bad("syslog_format = \"rfc5425\""),
+        3,
+        17,
+        "`access_log[0].syslog_format` is \"rfc5424\" or \"rfc3164\", not `rfc5425`",
+    );
+    assert_error(
+        &bad("syslog_facility = \"local8\""),
+        3,
+        19,
+        "unknown facility `local8`; expected one of: kern, user",
+    );
+    assert_error(
+        &bad("syslog_severity = \"loud\""),
+        3,
+        19,
+        "unknown severity `loud`; expected one of: emerg, alert",
+    );
+    assert_error(
+        &bad("syslog_tag = \"my app\""),
+        3,
+        14,
+        "`access_log[0].syslog_tag` may hold",
+    );
+    assert_error(
+        &bad("syslog_hostname = \"two words\""),
+        3,
+        19,
+        "`access_log[0].syslog_hostname` may hold printable ASCII",
+    );
+    assert_error(
+        &bad("syslog_max_length = 100"),
+        3,
+        21,
+        "`access_log[0].syslog_max_length` must be between 480 and 65507, not 100",
+    );
+    assert_error(&bad("syslog_max_length = \"2k\""), 3, 21, "must be an integer");
+    assert_error(
+        &bad("syslog_port = 514"),
+        3,
+        1,
+        "unknown key `syslog_port` in `access_log[0]`",
+    );
+    // syslog keys on another output
+    assert_error(
+        "[[access_log]]\noutput = \"/var/log/sekisho.log\"\nsyslog_tag = \"x\"\n",
+        3,
+        1,
+        "`access_log[0].syslog_tag` is only for `output = \"syslog\"`",
+    );
+    assert_error(
+        "[[access_log]]\nsyslog_facility = \"daemon\"\n",
+        2,
+        1,
+        "`access_log[0].syslog_facility` is only for `output = \"syslog\"`",
+    );
+    assert_error(
+        "[[access_log]]\noutput = \"sys.log\"\n",
+        2,
+        10,
+        "\"stdout\", \"stderr\", \"syslog\" or an absolute file path",
+    );
+    // every key at once is valid
+    let (ok, err, _) = check(&format!(
+        "{LISTENER}{SYSLOG}syslog_address = \"udp://[::1]:5514\"\nsyslog_format = \"rfc3164\"\nsyslog_facility = \"local7\"\n\
+         syslog_severity = \"warning\"\nsyslog_tag = \"proxy\"\nsyslog_hostname = \"p1.example\"\nsyslog_max_length = 1024\n\
+         format = \"json\"\nqueue_size = 100\n"
+    ));
+    assert!(ok, "{err}");
+}
