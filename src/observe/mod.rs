@@ -1,7 +1,9 @@
-//! Observe: one log record per transaction, counters, and the admin server.
+//! Observe: one log record per transaction, counters, the admin server, and
+//! `sekisho logstats`, which reads the access logs back.
 
 pub mod admin;
 pub mod counters;
 pub mod format;
+pub mod logstats;
 pub mod record;
 pub mod writer;
