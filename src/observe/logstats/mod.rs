@@ -155,12 +155,10 @@ impl LineReader<'_> {
             if line.trim().is_empty() {
                 continue;
             }
-            let entry = if !whole {
-                None
-            } else if let Some(p) = self.opts.preset {
-                parse::parse_as(p, line, &self.opts.parse)
+            let entry = if whole {
+                parse::read(line, self.opts.preset, self.last, &self.opts.parse)
             } else {
-                parse::detect(line, self.last, &self.opts.parse)
+                None
             };
             match entry {
                 Some(e) => {

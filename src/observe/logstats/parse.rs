@@ -1,7 +1,8 @@
 //! Reading one access-log line back: which preset wrote it and the fields
 //! the statistics need (client, status, TLS, host, total time).
 //!
-//! Each preset of [`crate::observe::format`] has its own reader. They are
+//! Each preset of [`crate::observe::format`] has its own reader ([`read`]
+//! picks one). They are
 //! strict about the shape (a reader accepts only lines its preset can
 //! write) so that detection per line is unambiguous, and lenient about
 //! values that cannot be known (`-`, `-1`, `null`). No reader panics or
@@ -136,6 +137,25 @@ pub fn detect<'a>(line: &'a str, first: Option<Preset>, opts: &ParseOptions) -> 
         .find_map(|p| parse_as(p, line, opts))
 }
 
+/// Reads one line: with the forced preset, else with the one that fits
+/// (trying `last` first). A line that syslog stored with a header ending in
+/// `TAG[PID]: ` (`Nov 21 17:25:27 lb1 haproxy[1234]: ...`) is read without
+/// that header, so HAProxy logs in the seed's format are read too.
+pub fn read<'a>(line: &'a str, forced: Option<Preset>, last: Option<Preset>, opts: &ParseOptions) -> Option<Entry<'a>> {
+    let once = |l: &'a str| match forced {
+        Some(p) => parse_as(p, l, opts),
+        None => detect(l, last, opts),
+    };
+    once(line).or_else(|| once(syslog_message(line)?))
+}
+
+/// What follows the first `]: ` in the first 200 bytes of `line`.
+fn syslog_message(line: &str) -> Option<&str> {
+    let head = &line.as_bytes()[..line.len().min(200)];
+    let i = head.windows(3).position(|w| w == b"]: ")?;
+    line.get(i + 3..)
+}
+
 // ---------------------------------------------------------------------------
 // Shared pieces
 
@@ -263,36 +283,39 @@ fn hap_head(line: &str) -> Option<(IpAddr, &str)> {
     Some((client, it.next()?))
 }
 
-/// `%hr %hs` (each `-` or `{...}`) and, for httplog-tls, ` SSL:{v,c}`.
-/// Returns the request captures' text (without braces) and the TLS part.
+/// `%hr %hs` and, for httplog-tls, `SSL:{v,c}`. sekisho writes `-` for a
+/// block without captures; HAProxy leaves such a block out, so zero, one
+/// (taken as the request's) or two blocks are accepted. Returns the request
+/// captures' text (without braces) and the TLS part.
 fn hap_captures(mid: &str, tls: bool) -> Option<(Option<&str>, Tls<'_>)> {
-    let (caps, tls_part) = if tls {
-        let i = mid.rfind(" SSL:{")?;
-        (&mid[..i], Tls::from_ssl(&mid[i + 1..])?)
-    } else if mid.rsplit(' ').next().is_some_and(|t| t.starts_with("SSL:{")) {
-        return None;
-    } else {
-        (mid, Tls::Unknown)
+    let ssl = mid.rfind("SSL:{").filter(|&i| i == 0 || mid.as_bytes()[i - 1] == b' ');
+    let (caps, tls_part) = match (tls, ssl) {
+        (true, Some(i)) => (mid[..i].trim_end(), Tls::from_ssl(&mid[i..])?),
+        (true, None) => return None,
+        (false, Some(i)) if !mid[i..].contains(' ') => return None,
+        (false, _) => (mid, Tls::Unknown),
     };
-    // `%hr %hs`: `-` or a `{...}` block each; the values may hold spaces.
-    let (hr, hs) = if let Some(rest) = caps.strip_prefix("- ") {
-        (None, rest)
-    } else if caps.starts_with('{') {
-        // the response block is the last token: `-`, or a block opened by ` {`
-        let split = if caps.ends_with(" -") {
-            caps.len() - 2
-        } else {
-            caps.rfind(" {")?
-        };
-        let hr = &caps[..split];
-        (Some(hr.strip_prefix('{')?.strip_suffix('}')?), &caps[split + 1..])
+    let block = |b: &str| b == "-" || (b.starts_with('{') && b.ends_with('}'));
+    // the values inside a block may hold spaces: the second block, if any,
+    // is `-` or starts at the last ` {`
+    let split = if caps.starts_with("- ") {
+        Some(1)
+    } else if caps.ends_with(" -") {
+        Some(caps.len() - 2)
     } else {
-        return None;
+        caps.rfind(" {").filter(|&i| block(&caps[..i]))
     };
-    if hs != "-" && !(hs.starts_with('{') && hs.ends_with('}')) {
+    let hr = match split {
+        Some(i) if block(&caps[i + 1..]) => &caps[..i],
+        Some(_) => return None,
+        None if caps.is_empty() => "-",
+        None if block(caps) => caps,
+        None => return None,
+    };
+    if !block(hr) {
         return None;
     }
-    Some((hr, tls_part))
+    Some((hr.strip_prefix('{').and_then(|b| b.strip_suffix('}')), tls_part))
 }
 
 impl<'a> Tls<'a> {
@@ -333,7 +356,7 @@ fn parse_httplog<'a>(line: &'a str, tls: bool, opts: &ParseOptions) -> Option<En
     let at = (3..toks.len().saturating_sub(1))
         .find(|&i| slashed_ints(toks[i], 5).is_some() && slashed_ints(toks[i + 1], 2).is_some())?;
     let offset: usize = toks[..at + 2].iter().map(|t| t.len() + 1).sum();
-    let mid = tail.get(offset..)?;
+    let mid = tail.get(offset..).unwrap_or("");
     let (captures, tls_part) = hap_captures(mid, tls)?;
     let host = host_of_request_line(request).or_else(|| {
         let n = opts.host_capture.checked_sub(1)?;
@@ -734,6 +757,40 @@ mod tests {
         ] {
             assert_eq!(parse_json(bad), None, "{bad}");
         }
+    }
+
+    /// The HAProxy lines of the TLS-statistics seed, as syslog stored them:
+    /// an `httplog` line of the plain frontend and an `httplog-tls` one.
+    #[test]
+    fn seed_haproxy_lines_through_syslog() {
+        let plain = "Sep 18 00:00:01 service-lb01 haproxy[39217]: 1.2.3.4:63421 [18/Sep/2019:00:00:01.762] ServiceHTTP ServiceHTTP/<NOSRV> 0/-1/-1/-1/0 301 93 - - LR-- 4/1/0/0/0 0/0 {|} \"GET / HTTP/1.0\"";
+        let tls = "Sep 18 00:00:02 service-lb01 haproxy[39217]: 2.3.4.5:41930 [18/Sep/2019:00:00:01.895] ServiceHTTPS-merged~ ServiceHTTPS_ipvANY/app-server01 511/0/2/4/519 200 37991 - - --NI 4/4/0/1/0 0/0 {service1.example.jp|} SSL:{TLSv1.2,ECDHE-RSA-AES256-GCM-SHA384} \"GET /my/url HTTP/1.1\"";
+        assert_eq!(detect(plain, None, &opts()), None, "not without the prefix removed");
+        let e = read(plain, None, None, &opts()).unwrap();
+        assert_eq!(e.preset, Preset::Httplog);
+        assert_eq!(
+            (e.client, e.status, e.host, e.duration_ms),
+            ("1.2.3.4".parse().unwrap(), Some(301), None, Some(0))
+        );
+        let e = read(tls, None, Some(Preset::Httplog), &opts()).unwrap();
+        assert_eq!(
+            e,
+            Entry {
+                preset: Preset::HttplogTls,
+                client: "2.3.4.5".parse().unwrap(),
+                status: Some(200),
+                tls: Tls::Version("TLSv1.2".into(), Some("ECDHE-RSA-AES256-GCM-SHA384".into())),
+                host: Some("service1.example.jp".into()),
+                duration_ms: Some(519),
+            }
+        );
+        assert_eq!(read(tls, Some(Preset::HttplogTls), None, &opts()), Some(e));
+        assert_eq!(read(tls, Some(Preset::Httplog), None, &opts()), None);
+        let msg = tls.split_once("]: ").unwrap().1;
+        let rfc5424 = format!("<134>1 2019-09-18T00:00:02+09:00 service-lb01 haproxy 39217 - - {msg}");
+        assert_eq!(read(&rfc5424, None, None, &opts()), None, "no `]: ` before the message");
+        let journald = format!("2019-09-18T00:00:02+0900 service-lb01 haproxy[39217]: {msg}");
+        assert_eq!(read(&journald, None, None, &opts()).unwrap().preset, Preset::HttplogTls);
     }
 
     #[test]
