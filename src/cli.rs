@@ -1,4 +1,5 @@
-//! The command line: `sekisho run`, `sekisho check`, `sekisho default-config`.
+//! The command line: `sekisho run`, `check`, `default-config`, `routes`,
+//! `passwd` and `logstats`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,36 @@ enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
         cost: u32,
     },
+    /// Statistics from access logs in sekisho's formats: requests by TLS
+    /// version and cipher, distinct clients per TLS version, status classes,
+    /// top hosts and clients, response-time percentiles.
+    Logstats {
+        /// Log files, plain, gzip or bzip2 (recognised by their first bytes);
+        /// `-` or no file reads standard input.
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Read every line as this preset instead of recognising each line's format.
+        #[arg(long, value_name = "PRESET", value_parser = clap::builder::PossibleValuesParser::new(crate::observe::format::LogFormat::preset_names()))]
+        log_format: Option<String>,
+        /// The report on standard output.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        format: String,
+        /// Also write a self-contained HTML page to FILE (`-`: the page on
+        /// standard output instead of the report).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// How many hosts and clients to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+        /// Show lines read and megabytes processed on standard error about
+        /// once a second (the default when standard error is a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// For HAProxy-style lines whose request has no host: which `%hr`
+        /// capture (1 = the first) holds the Host header; 0 never looks there.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        host_capture: usize,
+    },
 }
 
 fn init_tracing() {
@@ -145,6 +176,35 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Logstats {
+            files,
+            log_format,
+            format,
+            html,
+            top,
+            progress,
+            host_capture,
+        } => {
+            use crate::observe::logstats::{self, Output, ParseOptions, Preset};
+            let opts = logstats::Options {
+                inputs: files,
+                preset: log_format.as_deref().and_then(Preset::from_name),
+                output: match format.as_str() {
+                    "json" => Output::Json,
+                    "csv" => Output::Csv,
+                    _ => Output::Table,
+                },
+                html,
+                top,
+                progress: progress.then_some(true),
+                parse: ParseOptions { host_capture },
+            };
+            if logstats::run(&opts) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS

@@ -1,8 +1,10 @@
-//! Observe: one log record per transaction, counters, and the admin server.
+//! Observe: one log record per transaction, counters, the admin server, and
+//! `sekisho logstats`, which reads the access logs back.
 
 pub mod admin;
 pub mod counters;
 pub mod format;
+pub mod logstats;
 pub mod record;
 pub mod stats;
 pub mod syslog;

@@ -14,6 +14,7 @@ mod headers;
 pub mod lb;
 mod lifecycle;
 mod log;
+mod logstats;
 mod netns;
 mod netns_smoke;
 mod operate;
