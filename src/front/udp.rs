@@ -3,11 +3,11 @@
 //!
 //! A new client gets a server slot and its own socket connected to that
 //! server; its datagrams go out on it and the server's answers come back
-//! through the listener's socket. With `responses = N`, the session ends once
-//! N answers per datagram have come back; a datagram with no answer within
-//! `timeout` counts as a failure for passive health and is sent again to
-//! another server (up to the pool's `retries`). Without answers expected
-//! (`responses = 0`) a session ends after `timeout` of silence. The session
+//! through the listener's socket. With `responses = N` (N > 0), a datagram
+//! with no answer within `timeout` counts as a failure for passive health and
+//! is sent again to another server (up to the pool's `retries`). A session
+//! ends after `timeout` of silence once nothing more is expected, so a client
+//! sending query after query from one port reuses its socket. The session
 //! table is bounded by `max_sessions`. One log record per session.
 
 use std::collections::HashMap;
@@ -153,10 +153,10 @@ async fn session(
         finish(rec);
         return;
     };
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // filled by the kernel only as far as an answer goes: never zeroed
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
     // the last datagram sent and the answers still expected for it
     let mut last: Option<Bytes> = None;
-    let mut waiting = 0u32;
     let mut deadline = tokio::time::Instant::now() + opts.timeout;
     let mut answered_any = false;
     loop {
@@ -173,7 +173,6 @@ async fn session(
                     rec.termination = *b"SD";
                     break;
                 }
-                waiting = opts.responses.unwrap_or(1);
                 last = Some(d);
                 answered_any = false;
                 deadline = tokio::time::Instant::now() + opts.timeout;
@@ -183,7 +182,7 @@ async fn session(
                     break;
                 }
             }
-            r = up.recv(&mut buf) => {
+            r = { buf.clear(); up.recv_buf(&mut buf) } => {
                 let n = match r {
                     Ok(n) => n,
                     // ICMP port unreachable: treated as no answer
@@ -196,11 +195,7 @@ async fn session(
                     }
                     rec.bytes_to_client += n as u64;
                     answered_any = true;
-                    waiting = waiting.saturating_sub(1);
                     deadline = tokio::time::Instant::now() + opts.timeout;
-                    if opts.responses.is_some() && waiting == 0 && rx.is_empty() {
-                        break;
-                    }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -60,24 +60,43 @@ pub enum Failed {
     Write(io::Error),
 }
 
+/// A direction with nothing to move for this long gives its pipe back (two
+/// descriptors and the kernel's pipe buffer); the next bytes take a new one.
+const PIPE_IDLE: Duration = Duration::from_secs(1);
+
+/// Waits until `src` has something to read; a pipe held that long without use is dropped.
+async fn readable(src: &TcpStream, pipe: &mut Option<Pipe>) -> Result<(), Failed> {
+    if pipe.is_some() {
+        match tokio::time::timeout(PIPE_IDLE, src.readable()).await {
+            Ok(r) => return r.map_err(Failed::Read),
+            Err(_) => *pipe = None,
+        }
+    }
+    src.readable().await.map_err(Failed::Read)
+}
+
 /// Moves bytes from `src` to `dst` until `src` ends, then shuts down `dst`'s
-/// sending half (passing the half-close on).
+/// sending half (passing the half-close on). The pipe is taken when bytes
+/// arrive and given back when the direction goes idle, so an idle relay holds
+/// only its two sockets.
 pub async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
     count: &AtomicU64,
     last: &AtomicU64,
     base: Instant,
 ) -> Result<(), Failed> {
+    let mut pipe: Option<Pipe> = None;
     loop {
-        let n = loop {
-            src.readable().await.map_err(Failed::Read)?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        let (n, p) = loop {
+            readable(src, &mut pipe).await?;
+            let p = match pipe.take() {
+                Some(p) => p,
+                None => Pipe::new().map_err(Failed::Read)?,
+            };
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.w.as_raw_fd(), CHUNK)) {
+                Ok(n) => break (n, p),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe = Some(p),
                 Err(e) => return Err(Failed::Read(e)),
             }
         };
@@ -88,12 +107,13 @@ pub async fn pump(
         let mut left = n;
         while left > 0 {
             dst.writable().await.map_err(Failed::Write)?;
-            match dst.try_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), left)) {
+            match dst.try_io(Interest::WRITABLE, || splice(p.r.as_raw_fd(), dst.as_raw_fd(), left)) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Failed::Write(e)),
             }
         }
+        pipe = Some(p);
         count.fetch_add(n as u64, Relaxed);
         last.store(base.elapsed().as_millis() as u64, Relaxed);
     }

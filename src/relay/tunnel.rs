@@ -63,23 +63,12 @@ pub async fn relay(
     }
     let initial = initial.len() as u64;
     if method == Method::Splice {
-        match (splice::Pipe::new(), splice::Pipe::new()) {
-            (Ok(up_pipe), Ok(down_pipe)) => {
-                return relay_splice(client, server, initial, idle, [up_pipe, down_pipe]).await;
-            }
-            (Err(e), _) | (_, Err(e)) => tracing::warn!("splice relay unavailable ({e}); copying instead"),
-        }
+        return relay_splice(client, server, initial, idle).await;
     }
     relay_copy(client, server, initial, idle).await
 }
 
-async fn relay_splice(
-    client: TcpStream,
-    server: TcpStream,
-    initial: u64,
-    idle: Duration,
-    pipes: [splice::Pipe; 2],
-) -> Outcome {
+async fn relay_splice(client: TcpStream, server: TcpStream, initial: u64, idle: Duration) -> Outcome {
     let base = Instant::now();
     let last = AtomicU64::new(0);
     let up = AtomicU64::new(0);
@@ -87,8 +76,8 @@ async fn relay_splice(
     up.fetch_add(initial, Relaxed);
     let both = async {
         tokio::join!(
-            splice::pump(&client, &server, &pipes[0], &up, &last, base),
-            splice::pump(&server, &client, &pipes[1], &down, &last, base)
+            splice::pump(&client, &server, &up, &last, base),
+            splice::pump(&server, &client, &down, &last, base)
         )
     };
     let end = watch_idle(both, &last, base, idle).await;

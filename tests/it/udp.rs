@@ -114,9 +114,12 @@ fn unanswered_datagrams_move_to_another_server() {
     }
     assert_eq!(heard.load(SeqCst), 1);
     let lines = log_lines(&p, 4);
-    assert!(
-        lines[0].starts_with("dnsfront dns/u1 ") && lines[0].ends_with(" 1"),
-        "retried once: {lines:?}"
+    // sessions are logged as they end (after `timeout` of silence), in any order
+    assert!(lines.iter().all(|l| l.starts_with("dnsfront dns/u1 ")), "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with(" 1")).count(),
+        1,
+        "one session retried once: {lines:?}"
     );
 }
 
