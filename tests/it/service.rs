@@ -1,11 +1,15 @@
 //! Running sekisho as a service: the systemd unit in `dist/` (verified by
 //! `systemd-analyze`, and its commands run the way systemd runs them, with a
-//! notification socket standing in for systemd's).
+//! notification socket standing in for systemd's) and the Dockerfile (the
+//! configuration it copies, its user, entry point and health check).
+//!
+//! The image itself is not built here (that needs a Docker daemon): the
+//! Dockerfile is read as text, and what it copies and runs is run directly.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{TempDir, bin, free_port, require_tool, wait_for_port};
@@ -264,4 +268,133 @@ fn the_units_commands_start_reload_and_stop_sekisho_as_systemd_would() {
         "{}",
         std::fs::read_to_string(dir.path("stderr")).unwrap()
     );
+}
+
+/// One Dockerfile instruction: the keyword and its arguments, with
+/// continuation lines joined.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if pending.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(t);
+        let (k, v) = pending.split_once(char::is_whitespace).unwrap_or((&pending, ""));
+        out.push((k.to_ascii_uppercase(), v.trim().to_string()));
+        pending.clear();
+    }
+    out
+}
+
+fn json_words(v: &str) -> Vec<String> {
+    serde_json::from_str(v).unwrap_or_else(|e| panic!("`{v}` is not an exec-form JSON array: {e}"))
+}
+
+#[test]
+fn the_dockerfile_builds_locked_runs_unprivileged_and_its_config_and_health_check_work() {
+    let all = instructions(&read("Dockerfile"));
+    let stages: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(stages.len() >= 2, "a multi-stage build");
+    let (build, last) = all.split_at(*stages.last().unwrap());
+    assert!(
+        build
+            .iter()
+            .any(|(k, v)| k == "RUN" && v.contains("cargo build --release --locked")),
+        "the builder runs `cargo build --release --locked`"
+    );
+    assert!(last[0].1.starts_with("debian:bookworm-slim"), "{:?}", last[0]);
+    let find = |key: &str| last.iter().position(|(k, _)| k == key);
+    let arg = |key: &str| &last[find(key).unwrap_or_else(|| panic!("no {key} in the final stage"))].1;
+
+    // a non-root user, created in the image, in force before the entry point
+    let user = arg("USER").split(':').next().unwrap().to_string();
+    assert!(!["root", "0", ""].contains(&user.as_str()), "USER {user}");
+    assert!(find("USER") < find("ENTRYPOINT"), "USER comes before ENTRYPOINT");
+    assert!(
+        last.iter()
+            .any(|(k, v)| k == "RUN" && v.contains("useradd") && v.contains(&user)),
+        "the image creates the user {user}"
+    );
+    assert_eq!(json_words(arg("ENTRYPOINT")), ["sekisho"]);
+    let cmd = json_words(arg("CMD"));
+    assert_eq!(cmd[..2], ["run", "-c"]);
+    assert_eq!(arg("STOPSIGNAL"), "SIGTERM");
+
+    // the configuration it copies to the path CMD runs
+    let copy = last
+        .iter()
+        .find(|(k, v)| k == "COPY" && v.ends_with(&format!(" {}", cmd[2])))
+        .unwrap_or_else(|| panic!("nothing is copied to {}", cmd[2]));
+    let source = copy.1.split_whitespace().next().unwrap();
+    let o = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(repo(source))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{source}: {}", String::from_utf8_lossy(&o.stderr));
+    let shipped = read(source);
+    let doc: toml::Table = toml::from_str(&shipped).unwrap();
+    let logs = doc["access_log"].as_array().expect("an access log");
+    for l in logs {
+        assert_eq!(l.get("output").and_then(|o| o.as_str()).unwrap_or("stdout"), "stdout");
+    }
+    // the exposed ports are the ones it listens on
+    let dir = TempDir::new();
+    let (text, ports) = on_loopback(&shipped, &dir);
+    for p in arg("EXPOSE").split_whitespace() {
+        let p: u16 = p.trim_end_matches("/tcp").parse().unwrap();
+        assert!(ports.contains_key(&p), "EXPOSE {p}, but nothing binds it in {source}");
+    }
+
+    // the HEALTHCHECK's command against that configuration, run here
+    let health = arg("HEALTHCHECK");
+    let words = json_words(&health[health.find("CMD [").expect("HEALTHCHECK ... CMD [...]") + 4..]);
+    let run_check = || {
+        let mut w: Vec<String> = words.clone();
+        for (old, new) in &ports {
+            w = w
+                .iter()
+                .map(|s| s.replace(&format!("/{old}"), &format!("/{new}")))
+                .collect();
+        }
+        Command::new(&w[0])
+            .args(&w[1..])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let config = dir.path("sekisho.toml");
+    std::fs::write(&config, text).unwrap();
+    assert!(!run_check(), "healthy with nothing running");
+    let mut child = Command::new(bin())
+        .args(&cmd[..2])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    for port in ports.values() {
+        assert!(wait_for_port(*port, Duration::from_secs(5)));
+    }
+    let healthy = run_check();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let code = wait_exit(&mut child, Duration::from_secs(10));
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    assert!(healthy, "{}", std::fs::read_to_string(dir.path("stderr")).unwrap());
+    assert_eq!(code, Some(0));
 }
