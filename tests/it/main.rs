@@ -7,6 +7,7 @@ mod check;
 mod connect;
 mod dns;
 pub mod egress;
+mod examples;
 mod failover;
 mod forward;
 mod harness;
