@@ -18,6 +18,8 @@ use crate::observe::format::{LogFormat, Style};
 use crate::observe::syslog::{SyslogAddress, SyslogConfig, SyslogFormat};
 use crate::policy::acl::{self, Acl, AclKind, DomainPattern, Rules};
 
+#[cfg(test)]
+mod docs;
 mod egress;
 mod upstream;
 
@@ -44,7 +46,7 @@ struct Tab<'a, 'i> {
     t: &'a DeTable<'i>,
     span: Span,
     path: String,
-    allowed: &'static [&'static str],
+    allowed: &'static TableKeys,
     used: Vec<&'a str>,
 }
 
@@ -78,7 +80,12 @@ fn int_of(v: &DeValue<'_>) -> Option<i64> {
 }
 
 impl<'a, 'i> Tab<'a, 'i> {
-    fn new(t: &'a DeTable<'i>, span: Span, path: impl Into<String>, allowed: &'static [&'static str]) -> Self {
+    fn new(t: &'a DeTable<'i>, span: Span, path: impl Into<String>, allowed: &'static TableKeys) -> Self {
+        debug_assert!(
+            TABLES.iter().any(|k| std::ptr::eq(*k, allowed)),
+            "table `{}` is read but not listed by schema()",
+            allowed.path
+        );
         Tab {
             t,
             span,
@@ -97,7 +104,11 @@ impl<'a, 'i> Tab<'a, 'i> {
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Val<'i>> {
-        debug_assert!(self.allowed.contains(&key), "{key} not in allowed list");
+        debug_assert!(
+            self.allowed.keys.contains(&key),
+            "{key} not in the keys of `{}`",
+            self.allowed.path
+        );
         let (k, v) = self.t.iter().find(|(k, _)| k.get_ref() == key)?;
         self.used.push(k.get_ref());
         Some(v)
@@ -170,7 +181,9 @@ impl<'a, 'i> Tab<'a, 'i> {
         }
     }
 
-    fn table(&mut self, cx: &mut Cx, key: &'static str, allowed: &'static [&'static str]) -> Option<Tab<'a, 'i>> {
+    /// The sub-table `allowed` describes (its key is the last part of its path).
+    fn table(&mut self, cx: &mut Cx, allowed: &'static TableKeys) -> Option<Tab<'a, 'i>> {
+        let key = allowed.key();
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::Table(t) => Some(Tab::new(t, v.span(), self.key_path(key), allowed)),
@@ -206,7 +219,7 @@ impl<'a, 'i> Tab<'a, 'i> {
                     format!(
                         "unknown key `{}` {place}; expected one of: {}",
                         k.get_ref(),
-                        self.allowed.join(", ")
+                        self.allowed.keys.join(", ")
                     ),
                 );
             }
@@ -214,14 +227,11 @@ impl<'a, 'i> Tab<'a, 'i> {
     }
 }
 
-/// The entries of an array of tables (`[[key]]`), each as a [`Tab`]; an entry
-/// that is not a table is reported and skipped.
-fn tables_of<'a, 'i>(
-    cx: &mut Cx,
-    root: &mut Tab<'a, 'i>,
-    key: &'static str,
-    allowed: &'static [&'static str],
-) -> Vec<(usize, Tab<'a, 'i>)> {
+/// The entries of an array of tables (`[[key]]`, the key being the last part
+/// of `allowed`'s path), each as a [`Tab`]; an entry that is not a table is
+/// reported and skipped.
+fn tables_of<'a, 'i>(cx: &mut Cx, root: &mut Tab<'a, 'i>, allowed: &'static TableKeys) -> Vec<(usize, Tab<'a, 'i>)> {
+    let key = allowed.key();
     let Some(items) = root.array(cx, key) else {
         return Vec::new();
     };
@@ -293,32 +303,209 @@ fn inner_span(span: &Span, offset: usize, len: usize) -> Span {
     start..start + len.max(1)
 }
 
-const TOP: &[&str] = &[
-    "visible_hostname",
-    "timeouts",
-    "resolver",
-    "hosts",
-    "acl",
-    "http",
-    "tunnel",
-    "admin",
-    "listener",
-    "access_log",
-    "auth",
-    "user",
-    "group",
-    "source_pool",
-    "outgoing",
-    "uplink",
-    "parent",
-    "egress",
-    "pac",
-    "pool",
-    "return_path",
-    "pid_file",
-    "control_socket",
-    "maxconn",
+/// One table of the configuration file and the keys it takes. `path` names
+/// its place: `""` is the top level, `listener` each `[[listener]]`,
+/// `pool.NAME.check` the check of any pool, `listener.routes` each entry of
+/// the `routes` array.
+#[derive(Debug)]
+pub struct TableKeys {
+    pub path: &'static str,
+    pub keys: &'static [&'static str],
+}
+
+impl TableKeys {
+    /// The key the table sits under in its parent.
+    fn key(&'static self) -> &'static str {
+        self.path.rsplit('.').next().unwrap_or(self.path)
+    }
+}
+
+/// Every table sekisho reads and the keys each accepts, as (path, keys):
+/// the loader reads each table through these lists and reports any other key
+/// as unknown, so this is the schema of the file.
+pub fn schema() -> Vec<(&'static str, &'static [&'static str])> {
+    TABLES.iter().map(|t| (t.path, t.keys)).collect()
+}
+
+static TABLES: &[&TableKeys] = &[
+    &TOP,
+    &TIMEOUTS,
+    &RESOLVER,
+    &ACL,
+    &HTTP,
+    &TUNNEL,
+    &ADMIN,
+    &LISTENER,
+    &PROXY_PROTOCOL,
+    &upstream::ROUTES,
+    &upstream::CAPTURE_REQUEST_HEADERS,
+    &upstream::CAPTURE_RESPONSE_HEADERS,
+    &upstream::CAPTURE_COOKIE,
+    &upstream::TLS,
+    &upstream::CERTIFICATES,
+    &ACCESS_LOG,
+    &AUTH,
+    &AUTH_BASIC,
+    &AUTH_DIGEST,
+    &upstream::POOL,
+    &upstream::SERVER,
+    &upstream::CHECK,
+    &upstream::STICK,
+    &egress::SOURCE_POOL,
+    &egress::OUTGOING,
+    &egress::UPLINK,
+    &egress::RETURN_PATH,
+    &egress::PARENT,
+    &egress::EGRESS,
+    &egress::PAC,
 ];
+
+static TOP: TableKeys = TableKeys {
+    path: "",
+    keys: &[
+        "visible_hostname",
+        "timeouts",
+        "resolver",
+        "hosts",
+        "acl",
+        "http",
+        "tunnel",
+        "admin",
+        "listener",
+        "access_log",
+        "auth",
+        "user",
+        "group",
+        "source_pool",
+        "outgoing",
+        "uplink",
+        "parent",
+        "egress",
+        "pac",
+        "pool",
+        "return_path",
+        "pid_file",
+        "control_socket",
+        "maxconn",
+    ],
+};
+
+static TIMEOUTS: TableKeys = TableKeys {
+    path: "timeouts",
+    keys: &[
+        "connect",
+        "client_header",
+        "client_idle",
+        "server_response",
+        "tunnel_idle",
+        "shutdown",
+    ],
+};
+
+static RESOLVER: TableKeys = TableKeys {
+    path: "resolver",
+    keys: &["nameservers", "cache_size", "timeout"],
+};
+
+/// `[acl]`: each ACL is a table with one of these types as its only key.
+static ACL: TableKeys = TableKeys {
+    path: "acl.NAME",
+    keys: &["src", "dst", "dstdomain", "port", "method", "proxy_auth"],
+};
+
+static HTTP: TableKeys = TableKeys {
+    path: "http",
+    keys: &[
+        "anonymous",
+        "via",
+        "forwarded_for",
+        "request_header_delete",
+        "max_header_size",
+        "max_headers",
+    ],
+};
+
+static TUNNEL: TableKeys = TableKeys {
+    path: "tunnel",
+    keys: &["relay"],
+};
+
+static ADMIN: TableKeys = TableKeys {
+    path: "admin",
+    keys: &["bind", "access", "enabled"],
+};
+
+static LISTENER: TableKeys = TableKeys {
+    path: "listener",
+    keys: &[
+        "name",
+        "bind",
+        "mode",
+        "access",
+        "proxy_protocol",
+        "routes",
+        "default_pool",
+        "forwarded_for",
+        "trusted_proxies",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "forwarded",
+        "capture_request_headers",
+        "capture_response_headers",
+        "capture_cookie",
+        "h2c",
+        "tls",
+        "responses",
+        "timeout",
+        "max_sessions",
+        "maxconn",
+        "maxconn_per_source",
+    ],
+};
+
+static AUTH: TableKeys = TableKeys {
+    path: "auth",
+    keys: &["realm", "basic", "digest"],
+};
+
+static AUTH_BASIC: TableKeys = TableKeys {
+    path: "auth.basic",
+    keys: &["file", "credentials_ttl"],
+};
+
+static AUTH_DIGEST: TableKeys = TableKeys {
+    path: "auth.digest",
+    keys: &[
+        "file",
+        "algorithms",
+        "nonce_max_duration",
+        "nonce_max_count",
+        "nonce_garbage_interval",
+        "nonce_count_window",
+    ],
+};
+
+static PROXY_PROTOCOL: TableKeys = TableKeys {
+    path: "listener.proxy_protocol",
+    keys: &["require", "trusted", "timeout"],
+};
+
+static ACCESS_LOG: TableKeys = TableKeys {
+    path: "access_log",
+    keys: &[
+        "output",
+        "format",
+        "style",
+        "queue_size",
+        "syslog_address",
+        "syslog_format",
+        "syslog_facility",
+        "syslog_severity",
+        "syslog_tag",
+        "syslog_hostname",
+        "syslog_max_length",
+    ],
+};
 
 pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let (doc, errors) = DeTable::parse_recoverable(src);
@@ -329,7 +516,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     if !cx.diags.is_empty() {
         return Err(cx.diags);
     }
-    let mut root = Tab::new(doc.get_ref(), doc.span(), "", TOP);
+    let mut root = Tab::new(doc.get_ref(), doc.span(), "", &TOP);
 
     let visible_hostname = match root.str(&mut cx, "visible_hostname") {
         Some((s, span)) => {
@@ -435,15 +622,7 @@ fn system_hostname() -> String {
 
 fn timeouts(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Timeouts {
     let mut t = Timeouts::default();
-    const KEYS: &[&str] = &[
-        "connect",
-        "client_header",
-        "client_idle",
-        "server_response",
-        "tunnel_idle",
-        "shutdown",
-    ];
-    if let Some(mut tab) = root.table(cx, "timeouts", KEYS) {
+    if let Some(mut tab) = root.table(cx, &TIMEOUTS) {
         if let Some(d) = tab.duration(cx, "connect") {
             t.connect = d;
         }
@@ -474,8 +653,7 @@ fn resolver(cx: &mut Cx, root: &mut Tab<'_, '_>) -> ResolverConfig {
         cache_size: 4096,
         timeout: Duration::from_secs(5),
     };
-    const KEYS: &[&str] = &["nameservers", "cache_size", "timeout"];
-    if let Some(mut tab) = root.table(cx, "resolver", KEYS) {
+    if let Some(mut tab) = root.table(cx, &RESOLVER) {
         if let Some(list) = tab.strings(cx, "nameservers") {
             let mut out = Vec::new();
             for (s, span) in list {
@@ -550,7 +728,7 @@ fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
         );
         return out;
     };
-    const TYPES: &[&str] = &["src", "dst", "dstdomain", "port", "method", "proxy_auth"];
+    let types = ACL.keys;
     for (k, v) in t.iter() {
         let name = k.get_ref().as_ref();
         let path = format!("acl.{name}");
@@ -565,14 +743,14 @@ fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
         let DeValue::Table(def) = v.get_ref() else {
             cx.err(
                 v.span(),
-                format!("`{path}` must be a table with one of: {}", TYPES.join(", ")),
+                format!("`{path}` must be a table with one of: {}", types.join(", ")),
             );
             continue;
         };
         if def.len() != 1 {
             cx.err(
                 v.span(),
-                format!("`{path}` must have exactly one type key, one of: {}", TYPES.join(", ")),
+                format!("`{path}` must have exactly one type key, one of: {}", types.join(", ")),
             );
             continue;
         }
@@ -674,7 +852,7 @@ fn acls(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<(Acl, Option<Span>)> {
                     tk.span(),
                     format!(
                         "unknown ACL type `{other}` in `{path}`; expected one of: {}",
-                        TYPES.join(", ")
+                        types.join(", ")
                     ),
                 );
                 continue;
@@ -747,15 +925,7 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
         max_header_size: 64 * 1024,
         max_headers: 100,
     };
-    const KEYS: &[&str] = &[
-        "anonymous",
-        "via",
-        "forwarded_for",
-        "request_header_delete",
-        "max_header_size",
-        "max_headers",
-    ];
-    let Some(mut tab) = root.table(cx, "http", KEYS) else {
+    let Some(mut tab) = root.table(cx, &HTTP) else {
         return h;
     };
     if tab.bool(cx, "anonymous") == Some(true) {
@@ -804,8 +974,7 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
 
 fn tunnel(cx: &mut Cx, root: &mut Tab<'_, '_>) -> crate::relay::tunnel::Method {
     use crate::relay::tunnel::Method;
-    const KEYS: &[&str] = &["relay"];
-    let Some(mut tab) = root.table(cx, "tunnel", KEYS) else {
+    let Some(mut tab) = root.table(cx, &TUNNEL) else {
         return Method::Splice;
     };
     let m = match tab.str(cx, "relay") {
@@ -843,8 +1012,7 @@ fn socket_addr(cx: &mut Cx, path: &str, s: &str, span: Span) -> Option<SocketAdd
 }
 
 fn admin(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)]) -> Option<AdminConfig> {
-    const KEYS: &[&str] = &["bind", "access", "enabled"];
-    let mut tab = root.table(cx, "admin", KEYS)?;
+    let mut tab = root.table(cx, &ADMIN)?;
     let enabled = tab.bool(cx, "enabled").unwrap_or(true);
     let bind = match tab.str(cx, "bind") {
         Some((s, span)) => socket_addr(cx, "admin.bind", s, span),
@@ -865,30 +1033,6 @@ fn listeners(
     admin: Option<&AdminConfig>,
     pools: &[crate::config::upstream::PoolConfig],
 ) -> Vec<ListenerConfig> {
-    const KEYS: &[&str] = &[
-        "name",
-        "bind",
-        "mode",
-        "access",
-        "proxy_protocol",
-        "routes",
-        "default_pool",
-        "forwarded_for",
-        "trusted_proxies",
-        "x_forwarded_proto",
-        "x_real_ip",
-        "forwarded",
-        "capture_request_headers",
-        "capture_response_headers",
-        "capture_cookie",
-        "h2c",
-        "tls",
-        "responses",
-        "timeout",
-        "max_sessions",
-        "maxconn",
-        "maxconn_per_source",
-    ];
     const UDP_ONLY: &[&str] = &["responses", "timeout", "max_sessions"];
     const HTTP_ONLY: &[&str] = &[
         "routes",
@@ -910,7 +1054,7 @@ fn listeners(
     if let Some(a) = admin {
         seen.push((a.bind, 0..0, false));
     }
-    for (i, mut tab) in tables_of(cx, root, "listener", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &LISTENER) {
         let name = match tab.str(cx, "name") {
             Some((s, span)) => {
                 if out.iter().any(|l| &*l.name == s) {
@@ -1172,8 +1316,7 @@ fn auth(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<Arc<crate::policy::auth::
     use crate::policy::auth::{Authenticator, Basic, Digest};
     use crate::policy::credentials::{Kind, Users};
     use crate::policy::digest::{Algorithm, DigestAuth, Settings};
-    const KEYS: &[&str] = &["realm", "basic", "digest"];
-    let mut tab = root.table(cx, "auth", KEYS)?;
+    let mut tab = root.table(cx, &AUTH)?;
     let realm = match tab.str(cx, "realm") {
         Some((s, span)) => {
             if s.is_empty() || s.chars().any(char::is_control) {
@@ -1183,7 +1326,7 @@ fn auth(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<Arc<crate::policy::auth::
         }
         None => "proxy".to_string(),
     };
-    let basic = tab.table(cx, "basic", &["file", "credentials_ttl"]).and_then(|mut b| {
+    let basic = tab.table(cx, &AUTH_BASIC).and_then(|mut b| {
         let file = cred_file(cx, &mut b, Kind::Passwd);
         let ttl = b
             .duration(cx, "credentials_ttl")
@@ -1191,15 +1334,7 @@ fn auth(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<Arc<crate::policy::auth::
         b.finish(cx);
         Some(Basic::new(file?, ttl))
     });
-    const DKEYS: &[&str] = &[
-        "file",
-        "algorithms",
-        "nonce_max_duration",
-        "nonce_max_count",
-        "nonce_garbage_interval",
-        "nonce_count_window",
-    ];
-    let digest = tab.table(cx, "digest", DKEYS).and_then(|mut d| {
+    let digest = tab.table(cx, &AUTH_DIGEST).and_then(|mut d| {
         let file = cred_file(cx, &mut d, Kind::Digest);
         if let (Some(f), Some(v)) = (&file, d.t.iter().find(|(k, _)| k.get_ref() == "file").map(|(_, v)| v))
             && let Users::Digest(m) = &*f.users()
@@ -1333,8 +1468,7 @@ fn run_as(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Option<RunAs> {
 
 /// `[listener.proxy_protocol]`.
 fn proxy_protocol(cx: &mut Cx, tab: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)]) -> Option<ProxyProtocolConfig> {
-    const KEYS: &[&str] = &["require", "trusted", "timeout"];
-    let mut pp = tab.table(cx, "proxy_protocol", KEYS)?;
+    let mut pp = tab.table(cx, &PROXY_PROTOCOL)?;
     let require = pp.bool(cx, "require").unwrap_or(true);
     let timeout = pp.duration(cx, "timeout").unwrap_or(Duration::from_secs(5));
     let lookup = |n: &str| acls.iter().position(|(a, _)| a.name == n);
@@ -1391,21 +1525,8 @@ const SYSLOG_KEYS: &[&str] = &[
 ];
 
 fn access_logs(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<AccessLogConfig> {
-    const KEYS: &[&str] = &[
-        "output",
-        "format",
-        "style",
-        "queue_size",
-        "syslog_address",
-        "syslog_format",
-        "syslog_facility",
-        "syslog_severity",
-        "syslog_tag",
-        "syslog_hostname",
-        "syslog_max_length",
-    ];
     let mut out = Vec::new();
-    for (i, mut tab) in tables_of(cx, root, "access_log", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &ACCESS_LOG) {
         let path = format!("access_log[{i}]");
         let output = tab.str(cx, "output");
         let is_syslog = matches!(output, Some(("syslog", _)));

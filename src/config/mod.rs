@@ -18,6 +18,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use diag::{Diag, Diagnostics, line_col};
+pub use load::schema;
 
 use crate::observe::format::LogFormat;
 use crate::policy::acl::{Acl, Rules};

@@ -10,6 +10,68 @@ use ipnet::IpNet;
 use super::*;
 use crate::config::egress::*;
 
+pub(super) static SOURCE_POOL: TableKeys = TableKeys {
+    path: "source_pool.NAME",
+    keys: &["addresses", "rotation"],
+};
+
+pub(super) static UPLINK: TableKeys = TableKeys {
+    path: "uplink",
+    keys: &["name", "interface", "address", "gateway", "table", "mark", "priority"],
+};
+
+pub(super) static OUTGOING: TableKeys = TableKeys {
+    path: "outgoing",
+    keys: &[
+        "match",
+        "address",
+        "pool",
+        "uplink",
+        "interface",
+        "mark",
+        "family",
+        "freebind",
+    ],
+};
+
+pub(super) static PARENT: TableKeys = TableKeys {
+    path: "parent",
+    keys: &[
+        "name",
+        "address",
+        "username",
+        "password_file",
+        "password_env",
+        "tls",
+        "tls_ca_file",
+        "tls_server_name",
+    ],
+};
+
+pub(super) static EGRESS: TableKeys = TableKeys {
+    path: "egress",
+    keys: &[
+        "parent_select",
+        "parent_retry_after",
+        "parent_check_interval",
+        "always_direct",
+        "never_direct",
+        "route_protocol",
+        "capture_mark",
+        "capture_table",
+    ],
+};
+
+pub(super) static RETURN_PATH: TableKeys = TableKeys {
+    path: "return_path",
+    keys: &["name", "mac", "gateway", "interface", "mark", "table", "priority"],
+};
+
+pub(super) static PAC: TableKeys = TableKeys {
+    path: "pac",
+    keys: &["proxies", "fallback", "direct", "access"],
+};
+
 /// Reads every egress key of the top-level table.
 pub(super) fn egress(
     cx: &mut Cx,
@@ -68,7 +130,7 @@ fn source_pools(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
             cx.err(v.span(), format!("`{path}` must be a table with `addresses`"));
             continue;
         };
-        let mut tab = Tab::new(def, v.span(), path.clone(), &["addresses", "rotation"]);
+        let mut tab = Tab::new(def, v.span(), path.clone(), &SOURCE_POOL);
         let mut addresses = Vec::new();
         match tab.strings(cx, "addresses") {
             Some(list) => {
@@ -135,8 +197,7 @@ fn interface(cx: &mut Cx, tab: &mut Tab<'_, '_>) -> Option<String> {
 }
 
 fn uplinks(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
-    const KEYS: &[&str] = &["name", "interface", "address", "gateway", "table", "mark", "priority"];
-    for (i, mut tab) in tables_of(cx, root, "uplink", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &UPLINK) {
         let path = format!("uplink[{i}]");
         let name = match tab.str(cx, "name") {
             Some((s, span)) => {
@@ -247,18 +308,8 @@ fn check_name(cx: &mut Cx, path: &str, s: &str, span: Span) {
 }
 
 fn outgoing(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e: &mut Egress) {
-    const KEYS: &[&str] = &[
-        "match",
-        "address",
-        "pool",
-        "uplink",
-        "interface",
-        "mark",
-        "family",
-        "freebind",
-    ];
     let lookup = |n: &str| acls.iter().position(|(a, _)| a.name == n);
-    for (i, mut tab) in tables_of(cx, root, "outgoing", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &OUTGOING) {
         let path = format!("outgoing[{i}]");
         let (terms, text) = match tab.str(cx, "match") {
             Some((s, span)) => match acl::parse_rule(&format!("allow {s}"), lookup) {
@@ -376,17 +427,7 @@ fn basic_authorization(user: &str, password: &str) -> Option<HeaderValue> {
 }
 
 fn parents(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
-    const KEYS: &[&str] = &[
-        "name",
-        "address",
-        "username",
-        "password_file",
-        "password_env",
-        "tls",
-        "tls_ca_file",
-        "tls_server_name",
-    ];
-    for (i, mut tab) in tables_of(cx, root, "parent", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &PARENT) {
         let path = format!("parent[{i}]");
         let (name, name_span) = match tab.str(cx, "name") {
             Some((s, span)) => {
@@ -612,17 +653,7 @@ fn rule_list(cx: &mut Cx, tab: &mut Tab<'_, '_>, key: &'static str, acls: &[(Acl
 }
 
 fn options(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e: &mut Egress) {
-    const KEYS: &[&str] = &[
-        "parent_select",
-        "parent_retry_after",
-        "parent_check_interval",
-        "always_direct",
-        "never_direct",
-        "route_protocol",
-        "capture_mark",
-        "capture_table",
-    ];
-    let Some(mut tab) = root.table(cx, "egress", KEYS) else {
+    let Some(mut tab) = root.table(cx, &EGRESS) else {
         return;
     };
     if let Some((s, span)) = tab.str(cx, "parent_select") {
@@ -677,8 +708,7 @@ fn options(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)], e:
 }
 
 fn return_paths(cx: &mut Cx, root: &mut Tab<'_, '_>, e: &mut Egress) {
-    const KEYS: &[&str] = &["name", "mac", "gateway", "interface", "mark", "table", "priority"];
-    for (i, mut tab) in tables_of(cx, root, "return_path", KEYS) {
+    for (i, mut tab) in tables_of(cx, root, &RETURN_PATH) {
         let path = format!("return_path[{i}]");
         let name = match tab.str(cx, "name") {
             Some((s, span)) => {
@@ -795,7 +825,7 @@ fn pac(
             ],
         },
     };
-    let Some(mut tab) = root.table(cx, "pac", &["proxies", "fallback", "direct", "access"]) else {
+    let Some(mut tab) = root.table(cx, &PAC) else {
         pac.proxies = defaults();
         return pac;
     };

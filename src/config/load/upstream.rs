@@ -8,21 +8,9 @@ use super::*;
 use crate::config::upstream::*;
 use crate::upstream::balance::Algorithm;
 
-/// Reads every `[pool.NAME]`.
-pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
-    let mut out = Vec::new();
-    let Some(v) = root.get("pool") else { return out };
-    let DeValue::Table(t) = v.get_ref() else {
-        cx.err(
-            v.span(),
-            format!(
-                "`pool` must be a table of NAME = {{ ... }}, not {}",
-                type_name(v.get_ref())
-            ),
-        );
-        return out;
-    };
-    const KEYS: &[&str] = &[
+pub(super) static POOL: TableKeys = TableKeys {
+    path: "pool.NAME",
+    keys: &[
         "server",
         "balance",
         "hash_key",
@@ -40,7 +28,100 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
         "tls_server_name",
         "tls_verify",
         "source",
-    ];
+    ],
+};
+
+pub(super) static SERVER: TableKeys = TableKeys {
+    path: "pool.NAME.server",
+    keys: &["name", "address", "weight", "backup", "maxconn"],
+};
+
+pub(super) static CHECK: TableKeys = TableKeys {
+    path: "pool.NAME.check",
+    keys: &[
+        "type",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "method",
+        "path",
+        "host",
+        "expect",
+        "payload_hex",
+        "expect_hex",
+    ],
+};
+
+pub(super) static STICK: TableKeys = TableKeys {
+    path: "pool.NAME.stick",
+    keys: &[
+        "type",
+        "cookie",
+        "size",
+        "expire",
+        "key_length",
+        "key_file",
+        "key_env",
+        "nocache",
+        "maxidle",
+        "maxlife",
+    ],
+};
+
+pub(super) static TLS: TableKeys = TableKeys {
+    path: "listener.tls",
+    keys: &[
+        "certificates",
+        "default_certificate",
+        "min_version",
+        "max_version",
+        "ciphers",
+        "alpn",
+    ],
+};
+
+pub(super) static CERTIFICATES: TableKeys = TableKeys {
+    path: "listener.tls.certificates",
+    keys: &["cert", "key"],
+};
+
+pub(super) static ROUTES: TableKeys = TableKeys {
+    path: "listener.routes",
+    keys: &["host", "path", "pool"],
+};
+
+const CAPTURE_KEYS: &[&str] = &["name", "len"];
+
+pub(super) static CAPTURE_REQUEST_HEADERS: TableKeys = TableKeys {
+    path: "listener.capture_request_headers",
+    keys: CAPTURE_KEYS,
+};
+
+pub(super) static CAPTURE_RESPONSE_HEADERS: TableKeys = TableKeys {
+    path: "listener.capture_response_headers",
+    keys: CAPTURE_KEYS,
+};
+
+pub(super) static CAPTURE_COOKIE: TableKeys = TableKeys {
+    path: "listener.capture_cookie",
+    keys: CAPTURE_KEYS,
+};
+
+/// Reads every `[pool.NAME]`.
+pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
+    let mut out = Vec::new();
+    let Some(v) = root.get("pool") else { return out };
+    let DeValue::Table(t) = v.get_ref() else {
+        cx.err(
+            v.span(),
+            format!(
+                "`pool` must be a table of NAME = {{ ... }}, not {}",
+                type_name(v.get_ref())
+            ),
+        );
+        return out;
+    };
     for (k, v) in t.iter() {
         let name = k.get_ref().to_string();
         let path = format!("pool.{name}");
@@ -58,7 +139,7 @@ pub(super) fn pools(cx: &mut Cx, root: &mut Tab<'_, '_>) -> Vec<PoolConfig> {
             );
             continue;
         };
-        let mut tab = Tab::new(def, v.span(), path.clone(), KEYS);
+        let mut tab = Tab::new(def, v.span(), path.clone(), &POOL);
         let servers = servers(cx, &mut tab, &path);
         let balance = match tab.str(cx, "balance") {
             None => Algorithm::RoundRobin,
@@ -203,7 +284,6 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 }
 
 fn servers(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Vec<ServerConfig> {
-    const KEYS: &[&str] = &["name", "address", "weight", "backup", "maxconn"];
     let mut out: Vec<ServerConfig> = Vec::new();
     let Some(items) = tab.array(cx, "server") else {
         cx.err(
@@ -218,7 +298,7 @@ fn servers(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Vec<ServerConfig> 
             continue;
         };
         let spath = format!("{path}.server[{i}]");
-        let mut s = Tab::new(t, item.span(), spath.clone(), KEYS);
+        let mut s = Tab::new(t, item.span(), spath.clone(), &SERVER);
         let addr = match s.str(cx, "address") {
             Some((a, span)) => match a.parse::<SocketAddr>() {
                 Ok(a) if a.port() != 0 => Some(a),
@@ -274,20 +354,7 @@ fn servers(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Vec<ServerConfig> 
 }
 
 fn check(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<CheckConfig> {
-    const KEYS: &[&str] = &[
-        "type",
-        "interval",
-        "timeout",
-        "rise",
-        "fall",
-        "method",
-        "path",
-        "host",
-        "expect",
-        "payload_hex",
-        "expect_hex",
-    ];
-    let mut c = tab.table(cx, "check", KEYS)?;
+    let mut c = tab.table(cx, &CHECK)?;
     let cpath = format!("{path}.check");
     let kind = c.str(cx, "type").map(|(s, span)| (s.to_string(), span));
     let method = c.str(cx, "method").map(|(s, span)| (s.to_string(), span));
@@ -420,19 +487,7 @@ fn parse_status_range(s: &str) -> Option<(u16, u16)> {
 }
 
 fn stick(cx: &mut Cx, tab: &mut Tab<'_, '_>, path: &str) -> Option<StickConfig> {
-    const KEYS: &[&str] = &[
-        "type",
-        "cookie",
-        "size",
-        "expire",
-        "key_length",
-        "key_file",
-        "key_env",
-        "nocache",
-        "maxidle",
-        "maxlife",
-    ];
-    let mut s = tab.table(cx, "stick", KEYS)?;
+    let mut s = tab.table(cx, &STICK)?;
     let spath = format!("{path}.stick");
     let kind = s.str(cx, "type").map(|(k, span)| (k.to_string(), span));
     let cookie = s.str(cx, "cookie").map(|(c, span)| (c.to_string(), span));
@@ -576,7 +631,7 @@ pub(super) fn http_listener(
                 continue;
             };
             let rpath = format!("{path}.routes[{i}]");
-            let mut r = Tab::new(t, item.span(), rpath.clone(), &["host", "path", "pool"]);
+            let mut r = Tab::new(t, item.span(), rpath.clone(), &ROUTES);
             let host = r
                 .str(cx, "host")
                 .and_then(|(h, span)| match acl::DomainPattern::parse(h) {
@@ -665,11 +720,12 @@ pub(super) fn http_listener(
         x_real_ip: tab.bool(cx, "x_real_ip").unwrap_or(false),
         forwarded: tab.bool(cx, "forwarded").unwrap_or(false),
     };
-    let captures = |cx: &mut Cx, tab: &mut Tab<'_, '_>, key: &'static str| -> Vec<Capture> {
+    let captures = |cx: &mut Cx, tab: &mut Tab<'_, '_>, keys: &'static TableKeys| -> Vec<Capture> {
         let mut out = Vec::new();
+        let key = keys.key();
         if let Some(items) = tab.array(cx, key) {
             for item in items {
-                match capture(cx, item, &format!("{path}.{key}")) {
+                match capture(cx, item, &format!("{path}.{key}"), keys) {
                     Some(c) => out.push(c),
                     None => continue,
                 }
@@ -677,10 +733,10 @@ pub(super) fn http_listener(
         }
         out
     };
-    let capture_request = captures(cx, tab, "capture_request_headers");
-    let capture_response = captures(cx, tab, "capture_response_headers");
+    let capture_request = captures(cx, tab, &CAPTURE_REQUEST_HEADERS);
+    let capture_response = captures(cx, tab, &CAPTURE_RESPONSE_HEADERS);
     let capture_cookie = tab.get("capture_cookie").and_then(|v| {
-        let c = capture(cx, v, &format!("{path}.capture_cookie"))?;
+        let c = capture(cx, v, &format!("{path}.capture_cookie"), &CAPTURE_COOKIE)?;
         // cookie names keep their case; the header-name check above only vets the characters
         let DeValue::Table(t) = v.get_ref() else { return None };
         let name = t
@@ -712,16 +768,8 @@ pub(super) fn tls(
     default_alpn: &[&str],
 ) -> Option<Arc<tokio_rustls::rustls::ServerConfig>> {
     use crate::listen::tls::{CertFiles, Settings, Version};
-    const KEYS: &[&str] = &[
-        "certificates",
-        "default_certificate",
-        "min_version",
-        "max_version",
-        "ciphers",
-        "alpn",
-    ];
     let tpath = format!("{path}.tls");
-    let Some(mut t) = tab.table(cx, "tls", KEYS) else {
+    let Some(mut t) = tab.table(cx, &TLS) else {
         cx.err(
             tab.span.clone(),
             format!("`{path}` (https) needs `[{path}.tls]` with `certificates`"),
@@ -739,7 +787,7 @@ pub(super) fn tls(
                     );
                     continue;
                 };
-                let mut c = Tab::new(ct, item.span(), format!("{tpath}.certificates"), &["cert", "key"]);
+                let mut c = Tab::new(ct, item.span(), format!("{tpath}.certificates"), &CERTIFICATES);
                 let cert = c.str(cx, "cert").map(|(p, _)| std::path::PathBuf::from(p));
                 let key = c.str(cx, "key").map(|(p, _)| std::path::PathBuf::from(p));
                 c.finish(cx);
@@ -809,7 +857,7 @@ pub(super) fn tls(
 }
 
 /// `{ name = "Host", len = 32 }`.
-fn capture(cx: &mut Cx, item: &Val<'_>, path: &str) -> Option<Capture> {
+fn capture(cx: &mut Cx, item: &Val<'_>, path: &str, keys: &'static TableKeys) -> Option<Capture> {
     let DeValue::Table(t) = item.get_ref() else {
         cx.err(
             item.span(),
@@ -817,7 +865,7 @@ fn capture(cx: &mut Cx, item: &Val<'_>, path: &str) -> Option<Capture> {
         );
         return None;
     };
-    let mut c = Tab::new(t, item.span(), path.to_string(), &["name", "len"]);
+    let mut c = Tab::new(t, item.span(), path.to_string(), keys);
     let name = c.str(cx, "name");
     let len = c.uint(cx, "len", 1, 4096).unwrap_or(64) as usize;
     c.finish(cx);
