@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod counters;
+pub mod figures;
 pub mod format;
 pub mod logstats;
 pub mod record;
