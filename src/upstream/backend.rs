@@ -508,3 +508,106 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::balance::Algorithm;
+
+    fn pool(n: usize) -> Arc<Backend> {
+        let servers = (0..n)
+            .map(|i| ServerConfig {
+                name: format!("s{i}").into(),
+                addr: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+                weight: 1,
+                backup: false,
+                maxconn: 0,
+            })
+            .collect();
+        let cfg = PoolConfig {
+            name: "p".into(),
+            servers,
+            balance: Algorithm::RoundRobin,
+            hash_key: crate::config::upstream::HashKey::Source,
+            maxqueue: 0,
+            queue_timeout: Duration::from_millis(200),
+            retries: 0,
+            max_fails: 0,
+            fail_timeout: Duration::from_secs(1),
+            fail_on_5xx: false,
+            check: None,
+            stick: None,
+            proxy_protocol: None,
+            tls: None,
+            source: Default::default(),
+        };
+        Arc::new(Backend::new(0, cfg))
+    }
+
+    /// Servers picked by `n` requests, each freed before the next.
+    fn picks(b: &Arc<Backend>, prefer: Option<usize>, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                b.try_pick(prefer, b"", &[], Duration::ZERO)
+                    .map_or(usize::MAX, |s| s.server)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drain_keeps_sticky_requests_and_maint_takes_none() {
+        let b = pool(2);
+        assert_eq!(picks(&b, None, 4), [0, 1, 0, 1]);
+        b.servers[0].set_admin_state(AdminState::Drain);
+        assert_eq!(b.servers[0].shown_state(), "draining");
+        assert_eq!(picks(&b, None, 3), [1, 1, 1], "no new requests on a draining server");
+        assert_eq!(picks(&b, Some(0), 2), [0, 0], "sticky requests still go");
+        b.servers[0].set_admin_state(AdminState::Maint);
+        assert_eq!(b.servers[0].shown_state(), "maint");
+        assert_eq!(picks(&b, Some(0), 2), [1, 1], "nothing for a server in maintenance");
+        b.servers[1].set_admin_state(AdminState::Drain);
+        assert!(!b.any_up(None, &[]), "nothing left for new requests");
+        assert!(
+            b.any_up(Some(1), &[]),
+            "the draining server still takes its sticky client"
+        );
+        assert_eq!(picks(&b, None, 1), [usize::MAX]);
+        b.servers[0].set_admin_state(AdminState::Ready);
+        b.servers[1].set_admin_state(AdminState::Ready);
+        assert_eq!(picks(&b, None, 2).len(), 2);
+        assert_eq!(b.servers[0].shown_state(), "up");
+    }
+
+    #[test]
+    fn a_changed_weight_takes_effect_at_once() {
+        let b = pool(2);
+        b.servers[0].weight.store(3, Relaxed);
+        let p = picks(&b, None, 8);
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 6, "{p:?}");
+        b.servers[0].weight.store(0, Relaxed);
+        assert_eq!(picks(&b, None, 3), [1, 1, 1]);
+    }
+
+    #[test]
+    fn operator_state_and_figures_survive_a_reload() {
+        let old = pool(2);
+        old.servers[0].set_admin_state(AdminState::Maint);
+        old.servers[1].weight.store(7, Relaxed);
+        old.stats.max_queued.store(3, Relaxed);
+        let kept = build(std::slice::from_ref(&old.cfg), std::slice::from_ref(&old));
+        assert!(
+            Arc::ptr_eq(&kept[0].servers[0], &old.servers[0]),
+            "an unchanged server is shared"
+        );
+        assert_eq!(kept[0].servers[1].weight.load(Relaxed), 7);
+        assert!(Arc::ptr_eq(&kept[0].stats, &old.stats), "pool figures go by name");
+        // a changed server at the same address keeps its operator state and figures
+        let mut cfg = old.cfg.clone();
+        cfg.servers[0].maxconn = 5;
+        let changed = build(&[cfg], &[old.clone()]);
+        let s = &changed[0].servers[0];
+        assert!(!Arc::ptr_eq(s, &old.servers[0]));
+        assert_eq!(s.admin_state(), AdminState::Maint);
+        assert!(Arc::ptr_eq(&s.stats, &old.servers[0].stats));
+    }
+}
