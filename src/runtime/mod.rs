@@ -502,44 +502,34 @@ pub async fn stop_signal() -> &'static str {
 }
 
 /// SIGHUP reloads the configuration (and with it the credential files).
-fn reload_on_sighup(
-    state: Arc<State>,
-    hup: std::io::Result<tokio::signal::unix::Signal>,
-) -> impl std::future::Future<Output = ()> {
-    async move {
-        let mut hup = match hup {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot watch SIGHUP: {e}");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            let _ = state.reload().await;
+async fn reload_on_sighup(state: Arc<State>, hup: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut hup = match hup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGHUP: {e}");
+            return;
         }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = state.reload().await;
     }
 }
 
 /// SIGUSR1 makes every file access log open its path again (log rotation:
 /// move the file, then signal).
-fn reopen_on_sigusr1(
-    state: Arc<State>,
-    usr1: std::io::Result<tokio::signal::unix::Signal>,
-) -> impl std::future::Future<Output = ()> {
-    async move {
-        let mut usr1 = match usr1 {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot watch SIGUSR1: {e}");
-                return;
-            }
-        };
-        while usr1.recv().await.is_some() {
-            match state.log.load().reopen() {
-                0 => tracing::info!("SIGUSR1: no access log file to reopen"),
-                n => tracing::info!("SIGUSR1: reopening {n} access log file(s)"),
-            }
+async fn reopen_on_sigusr1(state: Arc<State>, usr1: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut usr1 = match usr1 {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGUSR1: {e}");
+            return;
+        }
+    };
+    while usr1.recv().await.is_some() {
+        match state.log.load().reopen() {
+            0 => tracing::info!("SIGUSR1: no access log file to reopen"),
+            n => tracing::info!("SIGUSR1: reopening {n} access log file(s)"),
         }
     }
 }
