@@ -604,7 +604,7 @@ mod tests {
         // a changed server at the same address keeps its operator state and figures
         let mut cfg = old.cfg.clone();
         cfg.servers[0].maxconn = 5;
-        let changed = build(&[cfg], &[old.clone()]);
+        let changed = build(&[cfg], std::slice::from_ref(&old));
         let s = &changed[0].servers[0];
         assert!(!Arc::ptr_eq(s, &old.servers[0]));
         assert_eq!(s.admin_state(), AdminState::Maint);
