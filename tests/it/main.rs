@@ -20,6 +20,7 @@ mod netns_smoke;
 mod operate;
 mod privileges;
 mod proxy_protocol;
+mod stats_page;
 mod tcp;
 mod transparency;
 mod udp;
