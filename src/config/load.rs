@@ -432,7 +432,7 @@ static TUNNEL: TableKeys = TableKeys {
 
 static ADMIN: TableKeys = TableKeys {
     path: "admin",
-    keys: &["bind", "access", "enabled"],
+    keys: &["bind", "access", "enabled", "actions_token_file", "actions_token_env"],
 };
 
 static LISTENER: TableKeys = TableKeys {
@@ -1019,11 +1019,69 @@ fn admin(cx: &mut Cx, root: &mut Tab<'_, '_>, acls: &[(Acl, Option<Span>)]) -> O
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8404))),
     };
     let access = rules(cx, &mut tab, acls, &["allow localhost", "deny all"]);
+    let actions_token = actions_token(cx, &mut tab);
     tab.finish(cx);
     if !enabled {
         return None;
     }
-    Some(AdminConfig { bind: bind?, access })
+    Some(AdminConfig {
+        bind: bind?,
+        access,
+        actions_token,
+    })
+}
+
+/// `admin.actions_token_file` or `admin.actions_token_env`: the secret the
+/// operator actions need (a trailing newline of the file is not part of it).
+fn actions_token(cx: &mut Cx, tab: &mut Tab<'_, '_>) -> Option<crate::observe::actions::Token> {
+    let (text, span, key) = match (tab.str(cx, "actions_token_file"), tab.str(cx, "actions_token_env")) {
+        (None, None) => return None,
+        (Some(_), Some((_, span))) => {
+            cx.err(
+                span,
+                "`admin`: use `actions_token_file` or `actions_token_env`, not both",
+            );
+            return None;
+        }
+        (Some((f, span)), None) => {
+            if !f.starts_with('/') {
+                cx.err(
+                    span,
+                    format!("`admin.actions_token_file` must be an absolute path, not `{f}`"),
+                );
+                return None;
+            }
+            match std::fs::read(f) {
+                Ok(mut b) => {
+                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                        b.pop();
+                    }
+                    (b, span, "actions_token_file")
+                }
+                Err(e) => {
+                    cx.err(span, format!("`admin.actions_token_file`: cannot read {f}: {e}"));
+                    return None;
+                }
+            }
+        }
+        (None, Some((v, span))) => match std::env::var(v) {
+            Ok(t) if !t.is_empty() => (t.into_bytes(), span, "actions_token_env"),
+            _ => {
+                cx.err(
+                    span,
+                    format!("`admin.actions_token_env`: the environment variable {v} is not set"),
+                );
+                return None;
+            }
+        },
+    };
+    match crate::observe::actions::Token::new(&text) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.err(span, format!("`admin.{key}`: {e}"));
+            None
+        }
+    }
 }
 
 fn listeners(
@@ -1789,6 +1847,59 @@ access = ["allow nosuch"]
         ] {
             assert!(e.iter().any(|m| m.contains(want)), "no `{want}` in {e:#?}");
         }
+    }
+
+    #[test]
+    fn admin_actions_token() {
+        let dir = std::env::temp_dir().join(format!("sekisho-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef-secret\n").unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "tiny\n").unwrap();
+        let c = load(&format!("[admin]\nactions_token_file = \"{}\"\n", good.display()))
+            .ok()
+            .unwrap();
+        let t = c.admin.unwrap().actions_token.unwrap();
+        assert!(
+            t.matches(b"0123456789abcdef-secret"),
+            "the trailing newline is not part of it"
+        );
+        assert!(load("[admin]\n").ok().unwrap().admin.unwrap().actions_token.is_none());
+        let src = format!("[admin]\nactions_token_file = \"{}\"\n", short.display());
+        let d = load(&src).err().unwrap();
+        assert!(d[0].message.contains("at least 16 bytes"), "{:?}", d[0].message);
+        assert_eq!(&src[d[0].span.clone()], format!("\"{}\"", short.display()));
+        for (src, want) in [
+            (
+                "[admin]\nactions_token_file = \"relative\"\n".to_string(),
+                "must be an absolute path",
+            ),
+            (
+                "[admin]\nactions_token_file = \"/nonexistent/sekisho/token\"\n".to_string(),
+                "cannot read",
+            ),
+            (
+                "[admin]\nactions_token_env = \"SEKISHO_TEST_SURELY_UNSET_4242\"\n".to_string(),
+                "is not set",
+            ),
+            (
+                format!(
+                    "[admin]\nactions_token_file = \"{}\"\nactions_token_env = \"X\"\n",
+                    good.display()
+                ),
+                "not both",
+            ),
+            (
+                "[admin]\nactions_token = \"x\"\n".to_string(),
+                "unknown key `actions_token`",
+            ),
+        ] {
+            let e = errors(&src);
+            assert_eq!(e.len(), 1, "{src}: {e:?}");
+            assert!(e[0].contains(want), "{src}: {e:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

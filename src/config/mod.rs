@@ -164,11 +164,14 @@ pub struct HttpOptions {
     pub max_headers: usize,
 }
 
-/// The admin HTTP server (`/healthz`, later stats).
+/// The admin HTTP server (`/healthz`, `/stats`, `/stats.json`, `/metrics`,
+/// the operator actions, the PAC file).
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     pub access: Rules,
+    /// The bearer token operator actions need; `None`: actions are refused.
+    pub actions_token: Option<crate::observe::actions::Token>,
 }
 
 /// What a listener speaks.
@@ -184,6 +187,19 @@ pub enum Mode {
     Tcp,
     /// UDP datagrams balanced over a pool, in sessions per client address and port.
     Udp,
+}
+
+impl Mode {
+    /// The name `mode` takes in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Forward => "forward",
+            Mode::Http => "http",
+            Mode::Https => "https",
+            Mode::Tcp => "tcp",
+            Mode::Udp => "udp",
+        }
+    }
 }
 
 /// The options of a `udp` listener.

@@ -276,6 +276,7 @@ pub type UpgradeIo = TokioIo<ClientIo>;
 /// Logs an error that ended a connection outside any request (`NONE error:...`).
 fn log_connection_error(
     state: &State,
+    cfg: &Config,
     mut rec: Record,
     session: &Session,
     status: u16,
@@ -289,7 +290,7 @@ fn log_connection_error(
     rec.active = Duration::ZERO;
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.errors);
-    state.log.load().submit(rec);
+    state.finish(cfg, rec);
 }
 
 /// A connection closed before its first request because of its PROXY header.
@@ -304,7 +305,7 @@ fn refuse_connection(
     let name = cfg.listeners[session.listener].name.clone();
     tracing::debug!(client = %session.client, listener = %name, "{why}; connection closed");
     let rec = Record::new(session.accept_time, session.client, session.local, name);
-    log_connection_error(state, rec, session, 0, uri, termination);
+    log_connection_error(state, cfg, rec, session, 0, uri, termination);
 }
 
 /// Reads the PROXY header a listener expects; `None` when the connection is refused.
@@ -582,9 +583,9 @@ async fn refuse_over_limit(state: &State, cfg: &Config, session: &Session, strea
             body.len()
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(answer.as_bytes())).await;
-        log_connection_error(state, rec, session, 429, "error:too-many-connections", b"PR");
+        log_connection_error(state, cfg, rec, session, 429, "error:too-many-connections", b"PR");
     } else {
-        log_connection_error(state, rec, session, 0, "error:too-many-connections", b"PR");
+        log_connection_error(state, cfg, rec, session, 0, "error:too-many-connections", b"PR");
     }
 }
 
@@ -678,6 +679,7 @@ fn bad_request(conn: &Conn, e: &hyper::Error) {
     let status = if e.is_parse_too_large() { 431 } else { 400 };
     log_connection_error(
         &conn.state,
+        &conn.cfg,
         conn.record(),
         &conn.session,
         status,

@@ -19,6 +19,7 @@ use crate::front::conn::Conn;
 use crate::front::error_page;
 use crate::front::txn::{ProxyBody, Txn};
 use crate::observe::counters::Counters;
+use crate::observe::figures::ErrorClass;
 use crate::observe::record::ResultCode;
 use crate::policy::acl::Facts;
 use crate::relay::body::ReqBody;
@@ -213,9 +214,10 @@ fn sticky_choice(b: &Backend, req: &Request<Incoming>, client: std::net::IpAddr)
         }
     }
     if let Some(s) = c.server
-        && !b.servers.get(s).is_some_and(|s| s.is_up())
+        && !b.servers.get(s).is_some_and(|s| s.takes_sticky())
     {
-        // the sticky server is down: balance, and the stickiness is rewritten
+        // the sticky server is down (or in maintenance): balance, and the
+        // stickiness is rewritten
         c.req_state = b'D';
     }
     c
@@ -482,6 +484,7 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
                 }
                 match (m, failed) {
                     (Some(m), Failed::Connect(_) | Failed::Handshake(_)) if txn.rec.retries < retries_allowed => {
+                        slot.server().tried_in_vain(ErrorClass::Connect);
                         txn.rec.retries += 1;
                         exclude.push(slot.server);
                         out = m;

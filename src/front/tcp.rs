@@ -52,7 +52,7 @@ pub async fn serve(
         rec.active = started.elapsed();
         rec.total = session.accepted.elapsed();
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.log.load().submit(rec);
+        state.finish(&cfg, rec);
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),
@@ -113,6 +113,7 @@ pub async fn serve(
                 }
                 // nothing was sent: the next server is always safe to try
                 if rec.retries < backend.cfg.retries {
+                    s.tried_in_vain(crate::observe::figures::ErrorClass::Connect);
                     rec.retries += 1;
                     exclude.push(slot.server);
                     continue;

@@ -86,7 +86,7 @@ impl Drop for Txn {
             ResultCode::TcpMissError | ResultCode::None => Counters::inc(&counters.errors),
             _ => {}
         }
-        conn.state.log.load().submit(rec);
+        conn.state.finish(&conn.cfg, rec);
     }
 }
 

@@ -135,7 +135,7 @@ async fn session(
         rec.active = started.elapsed();
         rec.total = rec.active;
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.log.load().submit(rec);
+        state.finish(&cfg, rec);
     };
     if !l.access.check(&cfg.acls, &facts).is_allow() {
         rec.result = ResultCode::TcpDenied;
@@ -212,6 +212,7 @@ async fn session(
                     rec.termination = *b"sD";
                     break;
                 }
+                slot.server().tried_in_vain(crate::observe::figures::ErrorClass::Timeout);
                 rec.retries += 1;
                 exclude.push(slot.server);
                 drop(slot);
@@ -313,6 +314,8 @@ async fn connect(
             Err(e) => {
                 slot.server()
                     .failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &e.to_string());
+                slot.server()
+                    .tried_in_vain(crate::observe::figures::ErrorClass::Connect);
                 exclude.push(slot.server);
             }
         }

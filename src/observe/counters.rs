@@ -1,6 +1,5 @@
 //! Process-wide counters: plain atomics, bumped on the request path without locks.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Default)]
@@ -26,25 +25,5 @@ pub struct Counters {
 impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
-    }
-
-    /// The counters as a JSON object, plus the access-log figures.
-    pub fn to_json(&self, log_written: u64, log_dropped: u64) -> String {
-        let mut s = String::from("{");
-        let fields = [
-            ("connections", &self.connections),
-            ("active_connections", &self.active),
-            ("transactions", &self.transactions),
-            ("denied", &self.denied),
-            ("errors", &self.errors),
-            ("upstream_connects", &self.upstream_connects),
-            ("upstream_reused", &self.upstream_reused),
-            ("tunnels", &self.tunnels),
-        ];
-        for (name, v) in fields {
-            let _ = write!(s, "\"{name}\":{},", v.load(Relaxed));
-        }
-        let _ = write!(s, "\"log_written\":{log_written},\"log_dropped\":{log_dropped}}}");
-        s
     }
 }

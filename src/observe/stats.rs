@@ -1,13 +1,22 @@
-//! Live figures of listeners, kept across reloads for a listener of the same
-//! name: connections open now and at most, accepted, refused by the limits.
-//! Plain atomics; the per-source table is touched only when a listener has a
-//! per-source limit.
+//! Live figures of listeners, pools and servers, kept across reloads: a
+//! listener's by its name, a pool's by its name, a server's with the server
+//! (an unchanged server keeps its `Arc<Server>`, a changed one at the same
+//! address keeps its figures). Connections open now and at most, accepted,
+//! refused by the limits, and the transaction [`Figures`]. Plain atomics; the
+//! per-source table is touched only when a listener has a per-source limit.
+//!
+//! [`sample_loop`] is the one task per process that turns the counters into
+//! rates and history.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::observe::figures::{Figures, SAMPLE_EVERY};
+use crate::runtime::State;
 
 #[derive(Default, Debug)]
 pub struct ListenerStats {
@@ -21,6 +30,52 @@ pub struct ListenerStats {
     pub refused: AtomicU64,
     /// Connections open per client address, for `maxconn_per_source`.
     per_source: Mutex<HashMap<IpAddr, u32>>,
+    /// Transactions finished on this listener.
+    pub figures: Figures,
+}
+
+/// A pool's figures, carried by pool name across reloads.
+#[derive(Default, Debug)]
+pub struct PoolStats {
+    pub figures: Figures,
+    /// The most requests holding a server slot at once.
+    pub max_active: AtomicU32,
+    /// The most requests waiting in the queue at once.
+    pub max_queued: AtomicU32,
+}
+
+/// A server's figures: they belong to its `Arc<Server>`, and move to the
+/// server that replaces it at the same address when its settings change.
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    pub figures: Figures,
+    /// The most requests in progress at once.
+    pub max_active: AtomicU32,
+}
+
+/// Samples every listener, pool and server of the configuration in force
+/// every [`SAMPLE_EVERY`] (rates and history) until shutdown. One per process.
+pub async fn sample_loop(state: Arc<State>) {
+    let mut shutdown = state.shutdown_signal();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let cfg = state.config.load();
+        for l in &cfg.listeners {
+            l.stats.figures.sample(l.stats.current.load(Relaxed));
+        }
+        for b in &cfg.live.backends {
+            b.stats.figures.sample(b.active.load(Relaxed));
+            for s in &b.servers {
+                s.stats.figures.sample(s.active.load(Relaxed));
+            }
+        }
+    }
 }
 
 impl ListenerStats {

@@ -249,6 +249,14 @@ impl State {
         self.counters.active.load(Relaxed)
     }
 
+    /// Ends a transaction: its figures go to its listener, pool and server in
+    /// `cfg` (the configuration it ran on) and its record to the access log.
+    /// Every record passes here exactly once.
+    pub fn finish(&self, cfg: &Config, rec: crate::observe::record::Record) {
+        crate::observe::figures::account(cfg, &rec);
+        self.log.load().submit(rec);
+    }
+
     /// Access-log records written and dropped since start, over every output.
     pub fn log_figures(&self) -> (u64, u64) {
         let log = self.log.load();
@@ -668,6 +676,7 @@ async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, Str
         tokio::spawn(control::serve(state.clone(), c, taken_tx));
     }
     tokio::spawn(reopen_on_sigusr1(state.clone(), usr1));
+    tokio::spawn(crate::observe::stats::sample_loop(state.clone()));
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

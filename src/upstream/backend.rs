@@ -7,22 +7,57 @@
 //! `maxqueue` and `queue_timeout`). Dropping the slot frees it and wakes one
 //! waiter. No lock is held across I/O: counters are atomics, the queue is a
 //! `Notify`, the balancer's round-robin state a short mutex.
+//!
+//! An operator can put a server in `drain` (no new requests but those that
+//! stick to it) or `maint` (no traffic at all; health checks go on) and
+//! change its weight at run time (the admin server's actions); both live in
+//! the `Arc<Server>`, so they survive a reload that leaves the server as it is.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use crate::config::upstream::{PoolConfig, ServerConfig, StickConfig};
+use crate::observe::stats::{PoolStats, ServerStats};
 use crate::upstream::balance::Balancer;
 use crate::upstream::stick::{CookieCodec, StickTable};
 
 /// Milliseconds since the process started (monotonic).
 fn now_ms() -> u64 {
     crate::egress::parent::now_ms()
+}
+
+/// What an operator allows a server to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminState {
+    /// Normal.
+    Ready,
+    /// No new requests, except those that stick to it (HAProxy's drain).
+    Drain,
+    /// No traffic at all; health checks still run.
+    Maint,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
 }
 
 /// One server and its live state.
@@ -45,6 +80,10 @@ pub struct Server {
     pub requests: AtomicU64,
     /// The last health change, for diagnostics.
     pub last_reason: std::sync::Mutex<String>,
+    /// The operator's [`AdminState`] (as `u8`).
+    admin: AtomicU8,
+    /// Figures for the stats page and `/metrics`.
+    pub stats: Arc<ServerStats>,
 }
 
 impl Server {
@@ -60,6 +99,39 @@ impl Server {
             out_until: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             last_reason: std::sync::Mutex::new(String::new()),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
+    }
+
+    pub fn set_admin_state(&self, a: AdminState) {
+        self.admin.store(a as u8, Relaxed);
+    }
+
+    /// Whether a request that sticks to this server may still go to it:
+    /// up and not in maintenance (a draining server keeps its sticky clients).
+    pub fn takes_sticky(&self) -> bool {
+        self.is_up() && self.admin_state() != AdminState::Maint
+    }
+
+    /// A try on this server failed and the request moved on to another
+    /// server: counted in this server's figures (its record names the last
+    /// server only).
+    pub fn tried_in_vain(&self, class: crate::observe::figures::ErrorClass) {
+        self.stats.figures.count_error(class);
+    }
+
+    /// What the stats show: `maint`, `down`, `draining` or `up`.
+    pub fn shown_state(&self) -> &'static str {
+        match self.admin_state() {
+            AdminState::Maint => "maint",
+            _ if !self.is_up() => "down",
+            AdminState::Drain => "draining",
+            AdminState::Ready => "up",
         }
     }
 
@@ -166,6 +238,8 @@ pub struct Backend {
     /// Requests waiting in the queue (`%bq`).
     pub queued: AtomicU32,
     room: Notify,
+    /// Figures for the stats page and `/metrics`, carried by pool name.
+    pub stats: Arc<PoolStats>,
 }
 
 impl Backend {
@@ -209,28 +283,43 @@ impl Backend {
             active: AtomicU32::new(0),
             queued: AtomicU32::new(0),
             room: Notify::new(),
+            stats: Arc::default(),
         }
     }
 
-    /// Whether `i` can take a request now, given whether any primary is up.
+    /// Whether `i` can take a new (not sticky) request now, given whether
+    /// any primary is up.
     fn eligible(&self, i: usize, primaries_up: bool, exclude: &[usize]) -> bool {
         let s = &self.servers[i];
-        s.cfg.backup != primaries_up && s.is_up() && s.has_room() && !exclude.contains(&i)
+        s.cfg.backup != primaries_up
+            && s.admin_state() == AdminState::Ready
+            && s.is_up()
+            && s.has_room()
+            && !exclude.contains(&i)
     }
 
-    /// Whether a primary server can take requests (up, with a weight).
+    /// Whether a primary server can take new requests (up, ready, with a weight).
     fn primaries_up(&self, exclude: &[usize]) -> bool {
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| !s.cfg.backup && s.is_up() && s.weight.load(Relaxed) > 0 && !exclude.contains(&i))
+        self.servers.iter().enumerate().any(|(i, s)| {
+            !s.cfg.backup
+                && s.admin_state() == AdminState::Ready
+                && s.is_up()
+                && s.weight.load(Relaxed) > 0
+                && !exclude.contains(&i)
+        })
     }
 
-    fn any_up(&self, exclude: &[usize]) -> bool {
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.is_up() && !exclude.contains(&i))
+    /// Whether some server could take this request once it has room: a
+    /// ready one that is up, or the preferred (sticky) one while it drains.
+    fn any_up(&self, prefer: Option<usize>, exclude: &[usize]) -> bool {
+        self.servers.iter().enumerate().any(|(i, s)| {
+            let admitted = match s.admin_state() {
+                AdminState::Ready => true,
+                AdminState::Drain => prefer == Some(i),
+                AdminState::Maint => false,
+            };
+            admitted && s.is_up() && !exclude.contains(&i)
+        })
     }
 
     /// Tries to claim `i` (it must still have room when counted).
@@ -241,7 +330,9 @@ impl Backend {
             s.active.fetch_sub(1, Relaxed);
             return None;
         }
-        self.active.fetch_add(1, Relaxed);
+        s.stats.max_active.fetch_max(n + 1, Relaxed);
+        let pool = self.active.fetch_add(1, Relaxed) + 1;
+        self.stats.max_active.fetch_max(pool, Relaxed);
         s.requests.fetch_add(1, Relaxed);
         Some(Slot {
             backend: self.clone(),
@@ -262,7 +353,7 @@ impl Backend {
         let primaries = self.primaries_up(exclude);
         if let Some(p) = prefer
             && p < self.servers.len()
-            && self.servers[p].is_up()
+            && self.servers[p].takes_sticky()
             && self.servers[p].has_room()
             && !exclude.contains(&p)
             && let Some(slot) = self.claim(p, queued)
@@ -298,14 +389,15 @@ impl Backend {
         {
             return Ok(s);
         }
-        if !self.any_up(exclude) {
+        if !self.any_up(prefer, exclude) {
             return Err((NoServer::Down, Duration::ZERO));
         }
         let max = self.cfg.maxqueue;
         if max != 0 && self.queued.load(Relaxed) >= max {
             return Err((NoServer::QueueFull, Duration::ZERO));
         }
-        self.queued.fetch_add(1, Relaxed);
+        let waiting = self.queued.fetch_add(1, Relaxed) + 1;
+        self.stats.max_queued.fetch_max(waiting, Relaxed);
         let _unqueue = Unqueue(self);
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.cfg.queue_timeout;
@@ -316,7 +408,7 @@ impl Backend {
             if let Some(s) = self.try_pick(prefer, key, exclude, start.elapsed()) {
                 return Ok(s);
             }
-            if !self.any_up(exclude) {
+            if !self.any_up(prefer, exclude) {
                 return Err((NoServer::Down, start.elapsed()));
             }
             // woken by a freed slot, or a periodic look (servers come back up)
@@ -354,10 +446,12 @@ pub fn source_key(ip: IpAddr) -> Vec<u8> {
 
 /// Every pool of the config, at run time. A pool of the same name in
 /// `previous` (the configuration being replaced) hands over what should
-/// survive a reload: an unchanged server keeps its live state (health,
-/// counters, an operator's weight); a changed one starts with the old health
-/// verdict; stick tables are kept when the stickiness and the server list are
-/// unchanged (their entries name servers by position).
+/// survive a reload: its figures; an unchanged server keeps its live state
+/// (health, counters, figures, an operator's weight and admin state); a
+/// changed one at the same address starts with the old health verdict, admin
+/// state and figures (its weight is the file's new one); stick tables are
+/// kept when the stickiness and the server list are unchanged (their entries
+/// name servers by position).
 pub fn build(pools: &[PoolConfig], previous: &[Arc<Backend>]) -> Vec<Arc<Backend>> {
     pools
         .iter()
@@ -375,6 +469,7 @@ pub fn build(pools: &[PoolConfig], previous: &[Arc<Backend>]) -> Vec<Arc<Backend
 
 impl Backend {
     fn adopt(&mut self, old: &Backend) {
+        self.stats = old.stats.clone();
         for s in self.servers.iter_mut() {
             let Some(o) = old.servers.iter().find(|o| o.cfg.name == s.cfg.name) else {
                 continue;
@@ -382,6 +477,10 @@ impl Backend {
             if o.cfg == s.cfg {
                 *s = o.clone();
             } else if o.cfg.addr == s.cfg.addr {
+                if let Some(fresh) = Arc::get_mut(s) {
+                    fresh.stats = o.stats.clone();
+                }
+                s.set_admin_state(o.admin_state());
                 s.check_up.store(o.check_up.load(Relaxed), Relaxed);
                 s.out_until.store(o.out_until.load(Relaxed), Relaxed);
                 if let (Ok(mut r), Ok(or)) = (s.last_reason.lock(), o.last_reason.lock()) {
@@ -407,5 +506,108 @@ impl Backend {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::balance::Algorithm;
+
+    fn pool(n: usize) -> Arc<Backend> {
+        let servers = (0..n)
+            .map(|i| ServerConfig {
+                name: format!("s{i}").into(),
+                addr: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+                weight: 1,
+                backup: false,
+                maxconn: 0,
+            })
+            .collect();
+        let cfg = PoolConfig {
+            name: "p".into(),
+            servers,
+            balance: Algorithm::RoundRobin,
+            hash_key: crate::config::upstream::HashKey::Source,
+            maxqueue: 0,
+            queue_timeout: Duration::from_millis(200),
+            retries: 0,
+            max_fails: 0,
+            fail_timeout: Duration::from_secs(1),
+            fail_on_5xx: false,
+            check: None,
+            stick: None,
+            proxy_protocol: None,
+            tls: None,
+            source: Default::default(),
+        };
+        Arc::new(Backend::new(0, cfg))
+    }
+
+    /// Servers picked by `n` requests, each freed before the next.
+    fn picks(b: &Arc<Backend>, prefer: Option<usize>, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                b.try_pick(prefer, b"", &[], Duration::ZERO)
+                    .map_or(usize::MAX, |s| s.server)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drain_keeps_sticky_requests_and_maint_takes_none() {
+        let b = pool(2);
+        assert_eq!(picks(&b, None, 4), [0, 1, 0, 1]);
+        b.servers[0].set_admin_state(AdminState::Drain);
+        assert_eq!(b.servers[0].shown_state(), "draining");
+        assert_eq!(picks(&b, None, 3), [1, 1, 1], "no new requests on a draining server");
+        assert_eq!(picks(&b, Some(0), 2), [0, 0], "sticky requests still go");
+        b.servers[0].set_admin_state(AdminState::Maint);
+        assert_eq!(b.servers[0].shown_state(), "maint");
+        assert_eq!(picks(&b, Some(0), 2), [1, 1], "nothing for a server in maintenance");
+        b.servers[1].set_admin_state(AdminState::Drain);
+        assert!(!b.any_up(None, &[]), "nothing left for new requests");
+        assert!(
+            b.any_up(Some(1), &[]),
+            "the draining server still takes its sticky client"
+        );
+        assert_eq!(picks(&b, None, 1), [usize::MAX]);
+        b.servers[0].set_admin_state(AdminState::Ready);
+        b.servers[1].set_admin_state(AdminState::Ready);
+        assert_eq!(picks(&b, None, 2).len(), 2);
+        assert_eq!(b.servers[0].shown_state(), "up");
+    }
+
+    #[test]
+    fn a_changed_weight_takes_effect_at_once() {
+        let b = pool(2);
+        b.servers[0].weight.store(3, Relaxed);
+        let p = picks(&b, None, 8);
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 6, "{p:?}");
+        b.servers[0].weight.store(0, Relaxed);
+        assert_eq!(picks(&b, None, 3), [1, 1, 1]);
+    }
+
+    #[test]
+    fn operator_state_and_figures_survive_a_reload() {
+        let old = pool(2);
+        old.servers[0].set_admin_state(AdminState::Maint);
+        old.servers[1].weight.store(7, Relaxed);
+        old.stats.max_queued.store(3, Relaxed);
+        let kept = build(std::slice::from_ref(&old.cfg), std::slice::from_ref(&old));
+        assert!(
+            Arc::ptr_eq(&kept[0].servers[0], &old.servers[0]),
+            "an unchanged server is shared"
+        );
+        assert_eq!(kept[0].servers[1].weight.load(Relaxed), 7);
+        assert!(Arc::ptr_eq(&kept[0].stats, &old.stats), "pool figures go by name");
+        // a changed server at the same address keeps its operator state and figures
+        let mut cfg = old.cfg.clone();
+        cfg.servers[0].maxconn = 5;
+        let changed = build(&[cfg], std::slice::from_ref(&old));
+        let s = &changed[0].servers[0];
+        assert!(!Arc::ptr_eq(s, &old.servers[0]));
+        assert_eq!(s.admin_state(), AdminState::Maint);
+        assert!(Arc::ptr_eq(&s.stats, &old.servers[0].stats));
     }
 }

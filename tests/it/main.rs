@@ -22,6 +22,7 @@ mod operate;
 mod privileges;
 mod proxy_protocol;
 mod service;
+mod stats_page;
 mod tcp;
 mod transparency;
 mod udp;
