@@ -77,7 +77,7 @@ async fn readable(src: &TcpStream, pipe: &mut Option<Pipe>) -> Result<(), Failed
 
 /// Reads what `src` has (16 KiB at most) and writes it all to `dst`; 0 at its end.
 async fn copy_some(src: &TcpStream, dst: &TcpStream) -> Result<usize, Failed> {
-    let mut buf = [0u8; 16 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let n = loop {
         src.readable().await.map_err(Failed::Read)?;
         match src.try_read(&mut buf) {
