@@ -393,7 +393,7 @@ pub async fn serve(
 ) {
     let _busy = state.busy();
     let prefix = if cfg.listeners[session.listener].proxy_protocol.is_some() {
-        match proxy_handshake(&state, &cfg, &mut session, &mut stream).await {
+        match Box::pin(proxy_handshake(&state, &cfg, &mut session, &mut stream)).await {
             Some(rest) => rest,
             None => return,
         }
@@ -406,7 +406,7 @@ pub async fn serve(
     let _source = match SourcePlace::take(&cfg, &session) {
         Ok(p) => p,
         Err(limit) => {
-            refuse_over_limit(&state, &cfg, &session, &mut stream, limit).await;
+            Box::pin(refuse_over_limit(&state, &cfg, &session, &mut stream, limit)).await;
             return;
         }
     };
@@ -419,7 +419,8 @@ pub async fn serve(
                 prefix: std::mem::take(&mut prefix),
                 inner: stream,
             };
-            match tokio::time::timeout(timeouts.client_header, acceptor.accept(io)).await {
+            // boxed, like every phase below: a connection's task holds only the phase it is in
+            match Box::pin(tokio::time::timeout(timeouts.client_header, acceptor.accept(io))).await {
                 Ok(Ok(s)) => {
                     let n = crate::listen::tls::negotiated(s.get_ref().1);
                     (ClientStream::Tls(Box::new(s)), Some(Arc::new(n)))
@@ -454,9 +455,33 @@ pub async fn serve(
     };
     if mode == Mode::Tcp {
         // bytes read past a PROXY header go to the server first
-        crate::front::tcp::serve(state.clone(), cfg.clone(), session, stream, tls, prefix).await;
+        Box::pin(crate::front::tcp::serve(
+            state.clone(),
+            cfg.clone(),
+            session,
+            stream,
+            tls,
+            prefix,
+        ))
+        .await;
         return;
     }
+    Box::pin(serve_http(state, cfg, session, stream, tls, prefix)).await;
+}
+
+/// The HTTP part of a connection (forward, http, https listeners): HTTP/1.1
+/// or HTTP/2 served by hyper until the client leaves or the configuration is retired.
+async fn serve_http(
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    session: Session,
+    stream: ClientStream,
+    tls: Option<Arc<crate::listen::tls::Negotiated>>,
+    mut prefix: Vec<u8>,
+) {
+    let timeouts = cfg.timeouts;
+    let listener = &cfg.listeners[session.listener];
+    let mode = listener.mode;
     let h2 = match (&tls, &stream) {
         (Some(n), _) => n.alpn.as_deref() == Some("h2"),
         (None, ClientStream::Plain(s)) if listener.http.as_ref().is_some_and(|h| h.h2c) => {
@@ -490,7 +515,7 @@ pub async fn serve(
         }
     });
     if h2 {
-        serve_h2(&conn, io, svc, &timeouts).await;
+        Box::pin(serve_h2(&conn, io, svc, &timeouts)).await;
         return;
     }
     let mut builder = http1::Builder::new();
@@ -500,8 +525,7 @@ pub async fn serve(
         .keep_alive(true)
         .max_buf_size(conn.cfg.http.max_header_size.max(8192))
         .max_headers(conn.cfg.http.max_headers);
-    let served = builder.serve_connection(io, svc).with_upgrades();
-    tokio::pin!(served);
+    let mut served = Box::pin(builder.serve_connection(io, svc).with_upgrades());
     // a reload or the shutdown retires this configuration: finish the
     // request in progress, then close
     let mut stop = conn.cfg.live.retired.subscribe();

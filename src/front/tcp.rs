@@ -100,7 +100,7 @@ pub async fn serve(
         rec.server = Some(s.cfg.name.clone());
         rec.upstream = Some(s.cfg.addr);
         let t0 = Instant::now();
-        match open(&backend, s.cfg.addr, &session, timeout).await {
+        match Box::pin(open(&backend, s.cfg.addr, &session, timeout)).await {
             Ok(server) => {
                 rec.timers.connect = Some(t0.elapsed());
                 crate::observe::counters::Counters::inc(&state.counters.upstream_connects);
@@ -128,15 +128,15 @@ pub async fn serve(
     let outcome = match (client, server) {
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
             rec.upstream_local = s.local_addr().ok();
-            tunnel::relay(c, s, &early, idle, cfg.tunnel_relay).await
+            Box::pin(tunnel::relay(c, s, &early, idle, cfg.tunnel_relay)).await
         }
         (c, ServerStream::Plain(s)) => {
             rec.upstream_local = s.local_addr().ok();
-            tunnel::relay_io(c, s, &early, idle).await
+            Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
         (c, ServerStream::Tls(s)) => {
             rec.upstream_local = s.get_ref().0.local_addr().ok();
-            tunnel::relay_io(c, s, &early, idle).await
+            Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
     };
     rec.bytes_from_client = outcome.up;

@@ -75,33 +75,58 @@ async fn readable(src: &TcpStream, pipe: &mut Option<Pipe>) -> Result<(), Failed
     src.readable().await.map_err(Failed::Read)
 }
 
-/// Reads what `src` has (16 KiB at most) and writes it all to `dst`; 0 at its end.
+/// Bytes read through the thread's buffer before a direction takes a pipe.
+const SMALL: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer small bursts pass through: one per thread, used only
+    /// between a read and the write that follows it, never across an await.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SMALL]);
+}
+
+/// Reads what `src` has (up to [`SMALL`] bytes) through the thread's buffer
+/// and writes it all to `dst`; 0 at `src`'s end. What `dst` cannot take at
+/// once waits in a buffer of its own.
 async fn copy_some(src: &TcpStream, dst: &TcpStream) -> Result<usize, Failed> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let n = loop {
+    loop {
         src.readable().await.map_err(Failed::Read)?;
-        match src.try_read(&mut buf) {
-            Ok(n) => break n,
+        let got = BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            let n = match src.try_read(&mut b[..]) {
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            let sent = match dst.try_write(&b[..n]) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Ok((n, Err(e))),
+            };
+            Ok((n, Ok(b[sent..n].to_vec())))
+        });
+        let (n, rest) = match got {
+            Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(Failed::Read(e)),
+        };
+        let rest = rest.map_err(Failed::Write)?;
+        let mut done = 0;
+        while done < rest.len() {
+            dst.writable().await.map_err(Failed::Write)?;
+            match dst.try_write(&rest[done..]) {
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Failed::Write(e)),
+            }
         }
-    };
-    let mut done = 0;
-    while done < n {
-        dst.writable().await.map_err(Failed::Write)?;
-        match dst.try_write(&buf[done..n]) {
-            Ok(m) => done += m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(Failed::Write(e)),
-        }
+        return Ok(n);
     }
-    Ok(n)
 }
 
 /// Moves bytes from `src` to `dst` until `src` ends, then shuts down `dst`'s
-/// sending half (passing the half-close on). The pipe is taken when bytes
-/// arrive and given back when the direction goes idle, so an idle relay holds
-/// only its two sockets.
+/// sending half (passing the half-close on). Small bursts go through the
+/// thread's buffer; a burst that fills it takes a pipe for what follows, given
+/// back when the direction goes idle, so an idle or chatty relay holds only
+/// its two sockets.
 pub async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
@@ -115,20 +140,22 @@ pub async fn pump(
             readable(src, &mut pipe).await?;
             let p = match pipe.take() {
                 Some(p) => p,
-                None => match Pipe::new() {
-                    Ok(p) => p,
-                    // out of descriptors: move this burst through a buffer instead
-                    Err(_) => match copy_some(src, dst).await? {
-                        0 => {
-                            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-                            return Ok(());
+                // no pipe: this burst goes through the thread's buffer; one
+                // that fills it is bulk, and the next reads take a pipe (when
+                // a descriptor is to be had)
+                None => match copy_some(src, dst).await? {
+                    0 => {
+                        let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                        return Ok(());
+                    }
+                    n => {
+                        count.fetch_add(n as u64, Relaxed);
+                        last.store(base.elapsed().as_millis() as u64, Relaxed);
+                        if n == SMALL {
+                            pipe = Pipe::new().ok();
                         }
-                        n => {
-                            count.fetch_add(n as u64, Relaxed);
-                            last.store(base.elapsed().as_millis() as u64, Relaxed);
-                            continue;
-                        }
-                    },
+                        continue;
+                    }
                 },
             };
             match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), p.w.as_raw_fd(), CHUNK)) {
