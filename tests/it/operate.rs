@@ -339,7 +339,7 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
 }
 
 #[test]
-fn reload_keeps_server_health_and_the_stick_table() {
+fn reload_keeps_server_health() {
     // two servers; one refuses connections and is taken out by the checks
     let a = Origin::start();
     let dead = free_port();
@@ -611,4 +611,64 @@ fn header_size_and_count_caps_answer_431() {
     assert!(resp.starts_with("HTTP/1.1 431"), "too large a header block: {resp}");
     let lines = p.log_lines(2);
     assert_eq!(lines.iter().filter(|l| l.contains("/431")).count(), 2, "{lines:?}");
+}
+
+#[test]
+fn reload_keeps_a_learnt_stick_table() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let conf = format!(
+        r#"
+control_socket = "{{DIR}}/control.sock"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{{PORT}}"
+mode = "http"
+default_pool = "app"
+[pool.app]
+[pool.app.stick]
+type = "learn"
+cookie = "JSESSIONID"
+[[pool.app.server]]
+name = "a"
+address = "127.0.0.1:{}"
+[[pool.app.server]]
+name = "b"
+address = "127.0.0.1:{}"
+[admin]
+bind = "127.0.0.1:{{ADMIN}}"
+"#,
+        a.port, b.port
+    );
+    let p = start(&conf);
+    let base = format!("http://127.0.0.1:{}", p.port);
+    // two sessions set by the application, one on each server (round robin)
+    let o = curl(&["-s", &format!("{base}/setcookie?v=first")]);
+    assert!(o.status.success());
+    let first_on_a = a.requests.load(Relaxed) == 1;
+    let o = curl(&["-s", &format!("{base}/setcookie?v=second")]);
+    assert!(o.status.success());
+    assert_eq!(a.requests.load(Relaxed) + b.requests.load(Relaxed), 2);
+    assert_eq!(a.requests.load(Relaxed), 1, "one session on each server");
+    let o = reload_cmd(&["--control-socket", p.dir.path("control.sock").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // after the reload each session still goes to the server that set it
+    for (cookie, on_a) in [("first", first_on_a), ("second", !first_on_a)] {
+        let (a0, b0) = (a.requests.load(Relaxed), b.requests.load(Relaxed));
+        for _ in 0..4 {
+            let o = curl(&[
+                "-s",
+                "-H",
+                &format!("Cookie: JSESSIONID={cookie}"),
+                &format!("{base}/echo"),
+            ]);
+            assert!(o.status.success());
+        }
+        let (da, db) = (a.requests.load(Relaxed) - a0, b.requests.load(Relaxed) - b0);
+        assert_eq!(
+            (da, db),
+            if on_a { (4, 0) } else { (0, 4) },
+            "session `{cookie}` after the reload"
+        );
+    }
 }
