@@ -5,10 +5,12 @@
 //! server; its datagrams go out on it and the server's answers come back
 //! through the listener's socket. With `responses = N` (N > 0), a datagram
 //! with no answer within `timeout` counts as a failure for passive health and
-//! is sent again to another server (up to the pool's `retries`). A session
-//! ends after `timeout` of silence once nothing more is expected, so a client
-//! sending query after query from one port reuses its socket. The session
-//! table is bounded by `max_sessions`. One log record per session.
+//! is sent again to another server (up to the pool's `retries`). Once the
+//! answers to its last datagram are all in, a session waits 200 ms (at most
+//! `timeout`) for its client's next datagram, so a client sending query after
+//! query from one port reuses its socket while one that uses a port per query
+//! holds none for long; otherwise it ends after `timeout` of silence. The
+//! session table is bounded by `max_sessions`. One log record per session.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,8 @@ use crate::upstream::backend::{Backend, Slot, source_key};
 
 /// Largest datagram accepted.
 const MAX_DATAGRAM: usize = 65_535;
+/// How long a session whose answers are all in waits for its client's next datagram.
+const LINGER: Duration = Duration::from_millis(200);
 /// Datagrams queued per session before the next ones are dropped.
 const SESSION_QUEUE: usize = 64;
 
@@ -159,6 +163,8 @@ async fn session(
     let mut last: Option<Bytes> = None;
     let mut deadline = tokio::time::Instant::now() + opts.timeout;
     let mut answered_any = false;
+    // answers seen for the last datagram sent
+    let mut answers = 0u32;
     loop {
         tokio::select! {
             d = rx.recv() => {
@@ -175,6 +181,7 @@ async fn session(
                 }
                 last = Some(d);
                 answered_any = false;
+                answers = 0;
                 deadline = tokio::time::Instant::now() + opts.timeout;
                 if backend.cfg.source == SourceMode::ClientPort {
                     // direct server return: the answer goes straight to the
@@ -195,7 +202,12 @@ async fn session(
                     }
                     rec.bytes_to_client += n as u64;
                     answered_any = true;
-                    deadline = tokio::time::Instant::now() + opts.timeout;
+                    answers += 1;
+                    // every answer is in: the session waits only a moment for
+                    // the client's next datagram (a resolver that uses a new
+                    // port per query must not hold a socket for `timeout`)
+                    let done = opts.responses.is_some_and(|n| n > 0 && answers >= n);
+                    deadline = tokio::time::Instant::now() + if done { opts.timeout.min(LINGER) } else { opts.timeout };
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

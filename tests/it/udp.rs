@@ -142,3 +142,29 @@ fn active_udp_checks_take_a_silent_server_down() {
         assert_eq!(ask(&p, "x").as_deref(), Some("live:x"));
     }
 }
+
+#[test]
+fn a_session_reuses_its_socket_while_the_client_sends_and_ends_soon_after_its_answers() {
+    let (a, _) = responder("a", false);
+    let (b, _) = responder("b", false);
+    let p = start(&udp_config(&[a, b], "", "responses = 1\ntimeout = \"5s\""));
+    // one client port, three queries in a row: one session, one server
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut answers = Vec::new();
+    for q in ["1", "2", "3"] {
+        c.send_to(q.as_bytes(), ("127.0.0.1", p.admin_port)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.recv(&mut buf).unwrap();
+        answers.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let server = &answers[0][..1];
+    assert!(answers.iter().all(|s| s.starts_with(server)), "{answers:?}");
+    // with every answer in, the session ends well before the 5 s timeout
+    let t = Instant::now();
+    let lines = log_lines(&p, 1);
+    assert_eq!(lines.len(), 1, "one record for the session: {lines:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "logged after {:?}", t.elapsed());
+    // %B (three 3-byte answers) and %U (three 1-byte queries)
+    assert!(lines[0].contains(" 9 3 "), "{lines:?}");
+}
