@@ -565,7 +565,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let egress = egress::egress(&mut cx, &mut root, &acls, &listeners, &visible_hostname);
     let pid_file = abs_path(&mut cx, &mut root, "pid_file");
     let control_socket = abs_path(&mut cx, &mut root, "control_socket");
-    let maxconn = root.uint(&mut cx, "maxconn", 0, 10_000_000).unwrap_or(0) as u32;
+    let maxconn = root.uint(&mut cx, "maxconn", 1, 10_000_000).unwrap_or(0) as u32;
     root.finish(&mut cx);
 
     if !cx.diags.is_empty() {

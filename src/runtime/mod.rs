@@ -305,9 +305,16 @@ impl State {
             return Err("the daemon is stopping".into());
         }
         let mut new = self.source.load()?;
+        default_maxconn(&mut new);
         let old = self.config.load_full();
         if new.run_as != old.run_as {
             return Err("`user` and `group` cannot change on reload: restart sekisho".into());
+        }
+        if new.pid_file != old.pid_file || new.control_socket != old.control_socket {
+            return Err(
+                "`pid_file` and `control_socket` cannot change on reload: restart sekisho (or upgrade with --takeover)"
+                    .into(),
+            );
         }
         check_transparency(&new)?;
         // bind what is new before anything changes
@@ -585,6 +592,16 @@ pub fn run(cfg: Config, start: Start) -> Result<(), String> {
     Ok(())
 }
 
+/// The global `maxconn` when the file sets none: room for two descriptors per
+/// connection under the open-file limit, less a reserve.
+static DEFAULT_MAXCONN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn default_maxconn(cfg: &mut Config) {
+    if cfg.maxconn == 0 {
+        cfg.maxconn = DEFAULT_MAXCONN.get().copied().unwrap_or(0);
+    }
+}
+
 /// Raises the soft limit on open files to the hard one: every proxied
 /// connection holds two descriptors.
 fn raise_nofile() -> u64 {
@@ -617,10 +634,8 @@ async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, Str
     let hup = signal(SignalKind::hangup());
     let usr1 = signal(SignalKind::user_defined1());
     let nofile = raise_nofile();
-    if cfg.maxconn == 0 {
-        // room for two descriptors per connection and a reserve
-        cfg.maxconn = (nofile.saturating_sub(128) / 2).clamp(64, u32::MAX as u64) as u32;
-    }
+    let _ = DEFAULT_MAXCONN.set((nofile.saturating_sub(128) / 2).clamp(64, u32::MAX as u64) as u32);
+    default_maxconn(&mut cfg);
     let mut inherited = match &start.takeover {
         Some(path) => control::take_over(path).await?,
         None => Vec::new(),

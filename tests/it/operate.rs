@@ -672,3 +672,26 @@ bind = "127.0.0.1:{{ADMIN}}"
         );
     }
 }
+
+#[test]
+fn reload_keeps_the_default_maxconn_and_refuses_a_new_control_socket() {
+    let p = start(&operated_config("limits.test", ""));
+    let cfg = p.dir.path("sekisho.toml");
+    let control = p.dir.path("control.sock");
+    let before = stats(&p)["maxconn"].as_u64().unwrap();
+    assert!(before >= 64, "a default derived from the open-file limit: {before}");
+    let o = reload_cmd(&["--control-socket", control.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        stats(&p)["maxconn"].as_u64(),
+        Some(before),
+        "the same default after a reload"
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("control.sock", "other.sock")).unwrap();
+    let o = reload_cmd(&["--control-socket", control.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("`control_socket` cannot change on reload"), "{err}");
+    assert_eq!(stats(&p)["generation"], 2);
+}
