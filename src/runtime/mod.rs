@@ -126,6 +126,8 @@ pub struct State {
     open: AtomicU32,
     /// Woken when a connection closes while an accept loop waits for room.
     room: Notify,
+    /// Accept loops waiting for room.
+    room_waiters: AtomicU32,
     sockets: Mutex<Vec<Bound>>,
     /// Set when a new process took the sockets over: connections accepted
     /// here still get their first request served while this one drains.
@@ -161,7 +163,10 @@ impl Drop for Open {
     fn drop(&mut self) {
         self.stats.close();
         self.state.open.fetch_sub(1, Relaxed);
-        self.state.room.notify_waiters();
+        // only an accept loop stopped by a limit needs waking
+        if self.state.room_waiters.load(Relaxed) > 0 {
+            self.state.room.notify_waiters();
+        }
     }
 }
 
@@ -182,6 +187,7 @@ impl State {
             source,
             open: AtomicU32::new(0),
             room: Notify::new(),
+            room_waiters: AtomicU32::new(0),
             sockets: Mutex::new(Vec::new()),
             handed_over: Default::default(),
             reloading: tokio::sync::Mutex::new(()),
@@ -404,20 +410,22 @@ impl State {
     /// Waits until the limits leave room for one more connection on the
     /// listener bound to `addr`; false when that listener is gone.
     pub async fn room_for(&self, addr: SocketAddr, stop: &mut watch::Receiver<bool>) -> bool {
+        // below the limits (the usual case) this is two loads, no lock
+        match self.has_room(addr) {
+            Some(true) => return true,
+            None => return false,
+            Some(false) => {}
+        }
+        self.room_waiters.fetch_add(1, Relaxed);
+        let _left = WaiterGone(&self.room_waiters);
         loop {
             let woken = self.room.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            {
-                let cfg = self.config.load();
-                let Some(l) = cfg.listeners.iter().find(|l| l.mode != Mode::Udp && l.bind == addr) else {
-                    return false;
-                };
-                let global = cfg.maxconn == 0 || self.open.load(Relaxed) < cfg.maxconn;
-                let local = l.maxconn == 0 || l.stats.current.load(Relaxed) < l.maxconn;
-                if global && local {
-                    return true;
-                }
+            match self.has_room(addr) {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
             }
             tokio::select! {
                 _ = &mut woken => {}
@@ -426,6 +434,25 @@ impl State {
                 _ = stop.changed() => return false,
             }
         }
+    }
+
+    /// Whether the listener bound to `addr` and the daemon are under their
+    /// `maxconn`; `None` when no listener is bound there any more.
+    fn has_room(&self, addr: SocketAddr) -> Option<bool> {
+        let cfg = self.config.load();
+        let l = cfg.listeners.iter().find(|l| l.mode != Mode::Udp && l.bind == addr)?;
+        let global = cfg.maxconn == 0 || self.open.load(Relaxed) < cfg.maxconn;
+        let local = l.maxconn == 0 || l.stats.current.load(Relaxed) < l.maxconn;
+        Some(global && local)
+    }
+}
+
+/// Counts an accept loop out of the waiters for room, however its wait ends.
+struct WaiterGone<'a>(&'a AtomicU32);
+
+impl Drop for WaiterGone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
