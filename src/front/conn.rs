@@ -114,6 +114,8 @@ pub struct Conn {
     pub activity: Activity,
     /// What the TLS handshake settled, on `https` listeners.
     pub tls: Option<Arc<crate::listen::tls::Negotiated>>,
+    /// The client's address as text, made once for the headers that carry it.
+    pub client_ip: http::HeaderValue,
 }
 
 /// Bytes already read from a socket, served before the socket's own.
@@ -196,6 +198,11 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// An address as a header value (`192.0.2.1`, `2001:db8::1`).
+pub fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 impl Conn {
@@ -290,7 +297,7 @@ fn log_connection_error(
     rec.active = Duration::ZERO;
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.errors);
-    state.finish(cfg, rec);
+    state.finish(cfg, &rec);
 }
 
 /// A connection closed before its first request because of its PROXY header.
@@ -489,12 +496,14 @@ async fn serve_http(
         }
         _ => false,
     };
+    let client_ip = ip_value(session.client.ip());
     let conn = Arc::new(Conn {
         state: state.clone(),
         cfg,
         session,
         activity: Activity::new(),
         tls,
+        client_ip,
     });
     // the accept itself starts the clock for the first request
     conn.activity.since.store(0, Relaxed);

@@ -773,7 +773,10 @@ fn outgoing_request(
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     let host = authority.as_str().rsplit('@').next().unwrap_or("");
-    if let Ok(v) = HeaderValue::from_str(host) {
+    // clients mostly send the URL's authority as Host already
+    if h.get(header::HOST).is_none_or(|v| v.as_bytes() != host.as_bytes())
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
         h.insert(header::HOST, v);
     }
     for name in &cfg.http.request_header_delete {
@@ -794,16 +797,8 @@ fn outgoing_request(
         ForwardedFor::Delete => {
             h.remove(&xff);
         }
-        ForwardedFor::On | ForwardedFor::Off => {
-            let me = if cfg.http.forwarded_for == ForwardedFor::On {
-                txn.conn.session.client.ip().to_string()
-            } else {
-                "unknown".to_string()
-            };
-            if let Ok(v) = HeaderValue::from_str(&me) {
-                append_header(h, xff, &v);
-            }
-        }
+        ForwardedFor::On => append_header(h, xff, &txn.conn.client_ip),
+        ForwardedFor::Off => append_header(h, xff, &HeaderValue::from_static("unknown")),
     }
     let (body, counter) = ReqBody::new(body);
     (Request::from_parts(parts, body), counter)

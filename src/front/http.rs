@@ -70,7 +70,7 @@ fn page(mut txn: Txn, status: StatusCode, termination: &[u8; 2], detail: &str) -
 /// The request's host, lower case, without port, brackets or trailing dot.
 fn request_host(req: &Request<Incoming>) -> String {
     let raw = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
+        Some(a) => a.host(),
         None => req
             .headers()
             .get(header::HOST)
@@ -84,27 +84,31 @@ fn request_host(req: &Request<Incoming>) -> String {
         .to_ascii_lowercase()
 }
 
-/// The host (and port) the client addressed: the URI's authority (HTTP/2,
-/// absolute form) without user info, else the `Host` header.
-fn authority_of(req: &Request<Incoming>) -> Option<String> {
+/// The `Host` the servers get: the host (and port) the client addressed,
+/// that is the URI's authority (HTTP/2, absolute form) without user info,
+/// else the client's own `Host` header.
+fn host_for_server(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let sent = req.headers().get(header::HOST);
     match req.uri().authority() {
-        Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or("").to_string()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string),
+        Some(a) => {
+            let a = a.as_str().rsplit('@').next().unwrap_or("");
+            match sent {
+                Some(h) if h.as_bytes() == a.as_bytes() => Some(h.clone()),
+                _ => HeaderValue::from_str(a).ok(),
+            }
+        }
+        None => sent.cloned(),
     }
 }
 
 /// `name:port` -> `name`; `[v6]:port` -> `[v6]`.
-fn strip_port(h: &str) -> String {
+fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
-        return h.split_inclusive(']').next().unwrap_or(h).to_string();
+        return h.split_inclusive(']').next().unwrap_or(h);
     }
     match h.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name.to_string(),
-        _ => h.to_string(),
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') => name,
+        _ => h,
     }
 }
 
@@ -272,30 +276,24 @@ fn add_identity(h: &mut HeaderMap, l: &HttpListener, conn: &Conn, host: &str) {
     match f.xff {
         XffMode::Off => {}
         XffMode::Replace => {
-            h.remove(&xff);
-            if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-                h.insert(&xff, v);
-            }
+            h.insert(&xff, conn.client_ip.clone());
         }
         XffMode::Append => {
-            let prior: Vec<String> = if trusted {
-                h.get_all(&xff)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .collect()
+            // the addresses a trusted proxy passed on, then the client's
+            let mut joined = Vec::new();
+            if trusted {
+                for old in h.get_all(&xff) {
+                    joined.extend_from_slice(old.as_bytes());
+                    joined.extend_from_slice(b", ");
+                }
+            }
+            let v = if joined.is_empty() {
+                conn.client_ip.clone()
             } else {
-                Vec::new()
+                joined.extend_from_slice(conn.client_ip.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.client_ip.clone())
             };
-            h.remove(&xff);
-            let mut v = prior.join(", ");
-            if !v.is_empty() {
-                v.push_str(", ");
-            }
-            v.push_str(&client.to_string());
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(&xff, v);
-            }
+            h.insert(&xff, v);
         }
     }
     if f.x_forwarded_proto {
@@ -304,28 +302,33 @@ fn add_identity(h: &mut HeaderMap, l: &HttpListener, conn: &Conn, host: &str) {
             HeaderValue::from_static(proto),
         );
     }
-    if f.x_real_ip
-        && let Ok(v) = HeaderValue::from_str(&client.to_string())
-    {
-        h.insert(HeaderName::from_static("x-real-ip"), v);
+    if f.x_real_ip {
+        h.insert(HeaderName::from_static("x-real-ip"), conn.client_ip.clone());
     }
     if f.forwarded {
-        let node = match client {
-            std::net::IpAddr::V4(a) => a.to_string(),
-            std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
-        };
-        let mut v = String::new();
+        let ip = conn.client_ip.as_bytes();
+        let mut v = Vec::with_capacity(ip.len() + host.len() + 32);
         if trusted {
-            for old in h.get_all(header::FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
-                v.push_str(old);
-                v.push_str(", ");
+            for old in h.get_all(header::FORWARDED).iter() {
+                v.extend_from_slice(old.as_bytes());
+                v.extend_from_slice(b", ");
             }
         }
-        v.push_str(&format!("for={node};proto={proto}"));
-        if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
-            v.push_str(&format!(";host={host}"));
+        v.extend_from_slice(b"for=");
+        if client.is_ipv6() {
+            v.extend_from_slice(b"\"[");
+            v.extend_from_slice(ip);
+            v.extend_from_slice(b"]\"");
+        } else {
+            v.extend_from_slice(ip);
         }
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        v.extend_from_slice(b";proto=");
+        v.extend_from_slice(proto.as_bytes());
+        if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) {
+            v.extend_from_slice(b";host=");
+            v.extend_from_slice(host.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
             h.insert(header::FORWARDED, v);
         }
     }
@@ -392,8 +395,7 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
     {
         txn.rec.cookie_request = Some(truncate(&format!("{name}={v}"), *len));
     }
-    let path = req.uri().path().to_string();
-    let Some(pool_index) = route(&lh, &host, &path) else {
+    let Some(pool_index) = route(&lh, &host, req.uri().path()) else {
         return page(
             txn,
             StatusCode::NOT_FOUND,
@@ -411,7 +413,7 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
     // the request as the servers get it
     let method = req.method().clone();
     let http2 = req.version() == Version::HTTP_2;
-    let authority = authority_of(&req);
+    let host_header = host_for_server(&req);
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().cloned();
     let mut uri = http::uri::Parts::default();
@@ -420,7 +422,9 @@ async fn serve(mut txn: Txn, mut req: Request<Incoming>) -> Response<ProxyBody> 
     let ws_upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     // the server gets the host the request was routed by, as the client wrote it
-    if let Some(v) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+    if let Some(v) = host_header
+        && parts.headers.get(header::HOST) != Some(&v)
+    {
         parts.headers.insert(header::HOST, v);
     }
     if http2 {

@@ -52,7 +52,7 @@ pub async fn serve(
         rec.active = started.elapsed();
         rec.total = session.accepted.elapsed();
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.finish(&cfg, rec);
+        state.finish(&cfg, &rec);
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),

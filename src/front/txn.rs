@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -18,7 +18,9 @@ use crate::relay::pool::Sender;
 
 pub struct Txn {
     pub conn: Arc<Conn>,
-    pub rec: Record,
+    /// Boxed: a transaction moves through several futures and the response
+    /// body, and the record is most of its size.
+    pub rec: Box<Record>,
     pub started: Instant,
     /// Request body bytes, counted while they stream upstream.
     pub req_body: Option<Arc<AtomicU64>>,
@@ -32,7 +34,7 @@ impl Txn {
     pub fn new(conn: Arc<Conn>, rec: Record) -> Txn {
         Txn {
             conn,
-            rec,
+            rec: Box::new(rec),
             started: Instant::now(),
             req_body: None,
             slot: None,
@@ -53,8 +55,7 @@ impl Drop for Txn {
     fn drop(&mut self) {
         self.detach();
         let conn = &self.conn;
-        let placeholder = Record::new(UNIX_EPOCH, self.rec.client, self.rec.local, self.rec.listener.clone());
-        let mut rec = std::mem::replace(&mut self.rec, placeholder);
+        let rec = &mut *self.rec;
         if rec.status == 0 && rec.termination == *b"--" {
             // the client went away before any answer: during the connect or the wait for headers
             rec.termination = if rec.upstream.is_some() { *b"CH" } else { *b"CC" };

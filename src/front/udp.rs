@@ -139,7 +139,7 @@ async fn session(
         rec.active = started.elapsed();
         rec.total = rec.active;
         crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.finish(&cfg, rec);
+        state.finish(&cfg, &rec);
     };
     if !l.access.check(&cfg.acls, &facts).is_allow() {
         rec.result = ResultCode::TcpDenied;

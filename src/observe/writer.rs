@@ -1,9 +1,14 @@
-//! Access-log outputs. The request path hands a finished record to each
-//! output's bounded queue and never waits: a full queue drops the record and
-//! counts it. One writer thread per output renders records into a reused
-//! buffer: stdout, stderr and files get whole lines written in batches, so a
-//! line is never split; syslog outputs send one datagram per record
-//! (see [`crate::observe::syslog`]).
+//! Access-log outputs, each with its own writer thread, and never waited on
+//! by the request path: an output with too many records waiting drops new
+//! ones and counts them.
+//!
+//! Line outputs (stdout, stderr, files): the request path renders the record
+//! into one of a few shared buffers (one per worker thread in practice) and
+//! hands a full buffer (64 KiB) to the writer; the writer also takes what
+//! the buffers hold every 20 ms while records come, and sleeps while none
+//! do. Files get whole lines in batches, so a line is never split. Syslog
+//! outputs get the record itself and send one datagram per record (see
+//! [`crate::observe::syslog`]).
 //!
 //! [`AccessLog::reopen`] (SIGUSR1) makes file outputs open their path again
 //! between two batches, for log rotation: every line lands whole in the old
@@ -12,8 +17,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,12 +29,48 @@ use crate::observe::format::LogFormat;
 use crate::observe::record::Record;
 use crate::observe::syslog::{self, Sent};
 
-/// What travels to a writer thread: a record, a wake-up to reopen files, or
-/// the order to finish.
+/// What travels to a writer thread: a record (syslog), a batch of rendered
+/// lines and how many, a wake-up (records are waiting in the buffers, or
+/// files are to be reopened), or the order to finish.
 enum Msg {
     Record(Arc<Record>),
+    Batch(Vec<u8>, u64),
+    Wake,
     Reopen,
     Close,
+}
+
+/// Lines rendered on the request path, not yet handed to the writer.
+#[derive(Default)]
+struct Shard {
+    buf: Vec<u8>,
+    records: u64,
+    /// Set when the output closed: later records are dropped and counted.
+    closed: bool,
+}
+
+/// The shared side of a line output.
+struct Lines {
+    format: Arc<LogFormat>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Records rendered and not yet written (in the buffers or on their way).
+    pending: AtomicU64,
+    /// `queue_size`: more records waiting than this are dropped.
+    limit: u64,
+    /// The writer found the buffers empty and waits for a wake-up.
+    idle: AtomicBool,
+}
+
+/// Buffers of a line output: a few, so worker threads rarely share one.
+const SHARDS: usize = 8;
+
+/// This thread's buffer index, given out in turn.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    MINE.with(|i| *i)
 }
 
 /// An output's counters, shared by the request path and its writer thread.
@@ -47,6 +89,8 @@ struct Output {
     tx: SyncSender<Msg>,
     counts: Arc<Counts>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Line outputs: where the request path renders; `None` for syslog.
+    lines: Option<Arc<Lines>>,
 }
 
 /// All configured access-log outputs.
@@ -69,12 +113,12 @@ pub struct OutputFigures {
     pub truncated: u64,
 }
 
-/// Largest batch written in one call.
+/// A buffer this full goes to the writer at once.
 const BATCH: usize = 64 * 1024;
-/// A record waits at most this long for others to share its write.
+/// A record waits at most about this long for others to share its write.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// How long the writer sleeps between looks at its queue while gathering.
-const GATHER_PAUSE: Duration = Duration::from_millis(2);
+/// Batches on their way to one writer.
+const BATCHES_QUEUED: usize = 64;
 
 /// Where a line output writes.
 enum LineSink {
@@ -146,44 +190,61 @@ impl AccessLog {
                 ),
             };
             let is_file = matches!(c.target, LogTarget::File(_));
-            let (tx, rx) = mpsc::sync_channel(c.queue_size);
             let counts = Arc::new(Counts::default());
             let format = c.format.clone();
             let k = counts.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("access-log-{i}"))
-                .spawn(move || match sink {
-                    Sink::Lines(sink) => line_loop(rx, format, sink, k),
-                    Sink::Syslog(sender) => syslog_loop(rx, format, sender, k),
-                })?;
+            let (tx, lines, thread) = match sink {
+                Sink::Lines(sink) => {
+                    let (tx, rx) = mpsc::sync_channel(BATCHES_QUEUED);
+                    let lines = Arc::new(Lines {
+                        format,
+                        shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                        pending: AtomicU64::new(0),
+                        limit: c.queue_size as u64,
+                        idle: AtomicBool::new(false),
+                    });
+                    let l = lines.clone();
+                    let thread = std::thread::Builder::new()
+                        .name(format!("access-log-{i}"))
+                        .spawn(move || line_loop(rx, &l, sink, &k))?;
+                    (tx, Some(lines), thread)
+                }
+                Sink::Syslog(sender) => {
+                    let (tx, rx) = mpsc::sync_channel(c.queue_size);
+                    let thread = std::thread::Builder::new()
+                        .name(format!("access-log-{i}"))
+                        .spawn(move || syslog_loop(rx, format, sender, k))?;
+                    (tx, None, thread)
+                }
+            };
             outputs.push(Output {
                 name,
                 is_file,
                 tx,
                 counts,
                 thread: Mutex::new(Some(thread)),
+                lines,
             });
         }
         Ok(AccessLog { outputs })
     }
 
-    /// Queues a finished transaction's record on every output, without waiting.
-    pub fn submit(&self, rec: Record) {
-        if self.outputs.is_empty() {
+    /// Hands a finished transaction's record to every output, without waiting.
+    pub fn submit(&self, rec: &Record) {
+        let mut whole = false;
+        for o in &self.outputs {
+            match &o.lines {
+                Some(lines) => lines.put(o, rec),
+                None => whole = true,
+            }
+        }
+        if !whole {
             return;
         }
-        let rec = Arc::new(rec);
-        for o in &self.outputs {
-            match o.tx.try_send(Msg::Record(rec.clone())) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    if o.counts.dropped.fetch_add(1, Relaxed) == 0 {
-                        tracing::warn!(
-                            "access log {}: queue full, records are being dropped (counted in log_dropped)",
-                            o.name
-                        );
-                    }
-                }
+        let rec = Arc::new(rec.clone());
+        for o in self.outputs.iter().filter(|o| o.lines.is_none()) {
+            if o.tx.try_send(Msg::Record(rec.clone())).is_err() {
+                o.dropped(1);
             }
         }
     }
@@ -230,6 +291,13 @@ impl AccessLog {
     /// Records submitted after this are dropped and counted.
     pub fn close(&self) {
         for o in &self.outputs {
+            if let Some(lines) = &o.lines {
+                for shard in lines.shards.iter() {
+                    if let Ok(mut s) = shard.lock() {
+                        s.closed = true;
+                    }
+                }
+            }
             let _ = o.tx.send(Msg::Close);
             let handle = o.thread.lock().map(|mut h| h.take()).unwrap_or(None);
             if let Some(h) = handle {
@@ -246,58 +314,139 @@ impl AccessLog {
     }
 }
 
-fn line_loop(rx: Receiver<Msg>, format: Arc<LogFormat>, mut sink: LineSink, counts: Arc<Counts>) {
-    let mut buf = Vec::with_capacity(BATCH * 2);
-    let mut open = true;
-    while open {
-        // block only while there is nothing at all; then gather for a moment, so
-        // a busy proxy hands over records without waking this thread each time
-        let rec = match rx.recv() {
-            Ok(Msg::Record(rec)) => rec,
-            Ok(Msg::Reopen) => {
-                if counts.reopen.swap(false, Relaxed) {
-                    sink.reopen();
-                }
-                continue;
-            }
-            Ok(Msg::Close) | Err(_) => break,
-        };
-        let mut n = 1;
-        format.render(&rec, &mut buf);
-        buf.push(b'\n');
-        let flush_at = Instant::now() + FLUSH_AFTER;
-        'gather: loop {
-            while buf.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(Msg::Record(rec)) => {
-                        format.render(&rec, &mut buf);
-                        buf.push(b'\n');
-                        n += 1;
-                    }
-                    // taken at the batch boundary below
-                    Ok(Msg::Reopen) => {}
-                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break 'gather;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            if buf.len() >= BATCH || Instant::now() >= flush_at {
-                break;
-            }
-            std::thread::sleep(GATHER_PAUSE);
+impl Output {
+    fn dropped(&self, n: u64) {
+        if self.counts.dropped.fetch_add(n, Relaxed) == 0 {
+            tracing::warn!(
+                "access log {}: queue full, records are being dropped (counted in log_dropped)",
+                self.name
+            );
         }
+    }
+}
+
+impl Lines {
+    /// Renders a record into this thread's buffer; a full buffer goes to the
+    /// writer, and a sleeping writer is woken.
+    fn put(&self, o: &Output, rec: &Record) {
+        if self.pending.fetch_add(1, Relaxed) >= self.limit {
+            self.pending.fetch_sub(1, Relaxed);
+            o.dropped(1);
+            return;
+        }
+        let full = {
+            let Ok(mut s) = self.shards[shard_index()].lock() else {
+                self.pending.fetch_sub(1, Relaxed);
+                o.dropped(1);
+                return;
+            };
+            if s.closed {
+                drop(s);
+                self.pending.fetch_sub(1, Relaxed);
+                o.dropped(1);
+                return;
+            }
+            self.format.render(rec, &mut s.buf);
+            s.buf.push(b'\n');
+            s.records += 1;
+            (s.buf.len() >= BATCH).then(|| {
+                let n = std::mem::take(&mut s.records);
+                (std::mem::replace(&mut s.buf, Vec::with_capacity(BATCH + BATCH / 4)), n)
+            })
+        };
+        match full {
+            Some((buf, n)) => {
+                if let Err(TrySendError::Full(Msg::Batch(_, n)) | TrySendError::Disconnected(Msg::Batch(_, n))) =
+                    o.tx.try_send(Msg::Batch(buf, n))
+                {
+                    self.pending.fetch_sub(n, Relaxed);
+                    o.dropped(n);
+                }
+            }
+            None => {
+                if self.idle.load(Relaxed) && self.idle.swap(false, SeqCst) {
+                    let _ = o.tx.try_send(Msg::Wake);
+                }
+            }
+        }
+    }
+
+    /// Takes what every buffer holds: the batches and how many records.
+    fn sweep(&self) -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            if let Ok(mut s) = shard.lock()
+                && s.records > 0
+            {
+                let n = std::mem::take(&mut s.records);
+                let buf = std::mem::take(&mut s.buf);
+                out.push((buf, n));
+            }
+        }
+        out
+    }
+}
+
+fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Counts) {
+    let write = |buf: &[u8], n: u64, sink: &mut LineSink| {
         if counts.reopen.swap(false, Relaxed) {
             sink.reopen();
         }
-        if let Err(e) = sink.write_batch(&buf) {
+        if let Err(e) = sink.write_batch(buf) {
             tracing::error!("access log write failed, {n} records lost: {e}");
             counts.dropped.fetch_add(n, Relaxed);
         } else {
             counts.written.fetch_add(n, Relaxed);
         }
-        buf.clear();
+        lines.pending.fetch_sub(n, Relaxed);
+    };
+    // while records come, the buffers are looked at every FLUSH_AFTER; when a
+    // look finds nothing, the writer sleeps until the request path wakes it
+    let mut next_look = Some(Instant::now() + FLUSH_AFTER);
+    loop {
+        let msg = match next_look {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(Msg::Batch(buf, n)) => write(&buf, n, &mut sink),
+            Ok(Msg::Wake) => {
+                next_look.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
+            }
+            Ok(Msg::Reopen) => {
+                if counts.reopen.swap(false, Relaxed) {
+                    sink.reopen();
+                }
+            }
+            Ok(Msg::Record(_)) => {}
+            Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
+                // batches sent before the close come first, then the buffers
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Batch(buf, n) = m {
+                        write(&buf, n, &mut sink);
+                    }
+                }
+                for (buf, n) in lines.sweep() {
+                    write(&buf, n, &mut sink);
+                }
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // idle first, then look: a record put after the look finds
+                // the flag set and wakes this thread
+                lines.idle.store(true, SeqCst);
+                let batches = lines.sweep();
+                if batches.is_empty() {
+                    next_look = None;
+                } else {
+                    lines.idle.store(false, SeqCst);
+                    for (buf, n) in batches {
+                        write(&buf, n, &mut sink);
+                    }
+                    next_look = Some(Instant::now() + FLUSH_AFTER);
+                }
+            }
+        }
     }
 }
 
@@ -315,7 +464,7 @@ fn syslog_loop(rx: Receiver<Msg>, format: Arc<LogFormat>, mut sender: syslog::Se
                 };
                 counter.fetch_add(1, Relaxed);
             }
-            Ok(Msg::Reopen) => {}
+            Ok(Msg::Reopen | Msg::Wake | Msg::Batch(..)) => {}
             Ok(Msg::Close) | Err(_) => break,
         }
     }
@@ -357,18 +506,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
         let log = AccessLog::start(&[cfg(LogTarget::File(path.clone()))]).unwrap();
-        log.submit(record("/1"));
-        log.submit(record("/2"));
+        log.submit(&record("/1"));
+        log.submit(&record("/2"));
         wait_for("two lines", || log.figures()[0].written == 2);
         std::fs::rename(&path, dir.join("access.log.1")).unwrap();
         assert_eq!(log.reopen(), 1);
         wait_for("the new file", || path.exists());
-        log.submit(record("/3"));
+        log.submit(&record("/3"));
         // a failed reopen keeps the old descriptor: the moved file gets the line
         std::fs::rename(&path, dir.join("access.log.2")).unwrap();
         std::fs::create_dir(&path).unwrap();
         log.reopen();
-        log.submit(record("/4"));
+        log.submit(&record("/4"));
         log.close();
         let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
         assert_eq!(read("access.log.1"), "/1\n/2\n");
@@ -379,6 +528,74 @@ mod tests {
             (path.to_str().unwrap(), 4, 0)
         );
         assert_eq!((log.written(), log.dropped()), (4, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lines_from_many_threads_land_whole_and_counted() {
+        let dir = std::env::temp_dir().join(format!("sekisho-writer-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let mut c = cfg(LogTarget::File(path.clone()));
+        c.queue_size = 1 << 20;
+        let log = Arc::new(AccessLog::start(&[c]).unwrap());
+        // enough bytes per thread for several full buffers, and a tail left
+        // in the buffers for the close to write
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..3001 {
+                        log.submit(&record(&format!("/{t}/{i}/{}", "x".repeat(60))));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let mut parts = line.split('/');
+            assert_eq!(parts.next(), Some(""), "{line}");
+            let key = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
+            assert_eq!(parts.next(), Some("x".repeat(60).as_str()), "a whole line: {line}");
+            assert!(seen.insert(key), "once: {line}");
+        }
+        assert_eq!(seen.len(), 4 * 3001);
+        assert_eq!((log.written(), log.dropped()), (4 * 3001, 0));
+        // after the close, records are counted as dropped
+        log.submit(&record("/late"));
+        assert_eq!((log.written(), log.dropped()), (4 * 3001, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let dir = std::env::temp_dir().join(format!("sekisho-writer-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let mut c = cfg(LogTarget::File(path.clone()));
+        c.queue_size = 3;
+        // the writer looks at the buffers 20 ms after its start, then every
+        // 20 ms: records put before wait there, and more than queue_size of
+        // them do not fit
+        let t0 = Instant::now();
+        let log = AccessLog::start(&[c]).unwrap();
+        for i in 0..10 {
+            log.submit(&record(&format!("/{i}")));
+        }
+        let quick = t0.elapsed() < FLUSH_AFTER;
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(log.written() + log.dropped(), 10);
+        assert_eq!(text.lines().count() as u64, log.written());
+        if quick {
+            assert_eq!((log.written(), log.dropped()), (3, 7), "{text}");
+            assert_eq!(text, "/0\n/1\n/2\n");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -400,8 +617,8 @@ mod tests {
         }))])
         .unwrap();
         assert_eq!(log.reopen(), 0, "only file outputs reopen");
-        log.submit(record("/short"));
-        log.submit(record(&format!("/{}", "x".repeat(600))));
+        log.submit(&record("/short"));
+        log.submit(&record(&format!("/{}", "x".repeat(600))));
         let mut buf = [0u8; 2048];
         let n = rx.recv(&mut buf).unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();
@@ -413,7 +630,7 @@ mod tests {
         assert_eq!(rx.recv(&mut buf).unwrap(), 480);
         assert!(buf[..480].ends_with(syslog::MARKER));
         log.close();
-        log.submit(record("/late"));
+        log.submit(&record("/late"));
         let f = &log.figures()[0];
         assert_eq!(
             f.name,

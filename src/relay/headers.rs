@@ -18,13 +18,23 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes the hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(first) = headers.get(header::CONNECTION) {
-        // the common case, `Connection: keep-alive` or `close`, names nothing to remove
-        let simple = headers.get_all(header::CONNECTION).iter().count() == 1
-            && matches!(
-                first.as_bytes().to_ascii_lowercase().as_slice(),
-                b"keep-alive" | b"close"
-            );
+    // one pass over the names first: most messages carry none, or only
+    // `Connection: keep-alive` or `close`, which names nothing else
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    if let Some(first) = connection.next() {
+        let simple = connection.next().is_none() && {
+            let v = first.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        };
         if !simple {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
@@ -38,8 +48,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 

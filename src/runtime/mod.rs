@@ -258,8 +258,8 @@ impl State {
     /// Ends a transaction: its figures go to its listener, pool and server in
     /// `cfg` (the configuration it ran on) and its record to the access log.
     /// Every record passes here exactly once.
-    pub fn finish(&self, cfg: &Config, rec: crate::observe::record::Record) {
-        crate::observe::figures::account(cfg, &rec);
+    pub fn finish(&self, cfg: &Config, rec: &crate::observe::record::Record) {
+        crate::observe::figures::account(cfg, rec);
         self.log.load().submit(rec);
     }
 
