@@ -387,6 +387,7 @@ static TOP: TableKeys = TableKeys {
         "pid_file",
         "control_socket",
         "maxconn",
+        "threads",
     ],
 };
 
@@ -566,6 +567,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
     let pid_file = abs_path(&mut cx, &mut root, "pid_file");
     let control_socket = abs_path(&mut cx, &mut root, "control_socket");
     let maxconn = root.uint(&mut cx, "maxconn", 1, 10_000_000).unwrap_or(0) as u32;
+    let threads = root.uint(&mut cx, "threads", 1, 1024).unwrap_or(0) as usize;
     root.finish(&mut cx);
 
     if !cx.diags.is_empty() {
@@ -588,6 +590,7 @@ pub(super) fn load(src: &str) -> Result<Config, Vec<Diag>> {
         pid_file,
         control_socket,
         maxconn,
+        threads,
         live: Default::default(),
     })
 }

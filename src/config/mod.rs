@@ -54,6 +54,9 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Connections accepted at once over all listeners (0: no limit).
     pub maxconn: u32,
+    /// Threads that serve connections (0: one per CPU sekisho may run on);
+    /// with one, the runtime is single-threaded.
+    pub threads: usize,
     /// The run-time side of this configuration: its generation number, its
     /// pools' live state, and the signal that it was replaced.
     pub live: Live,

@@ -328,6 +328,7 @@ pub fn stats_json(state: &State, cfg: &Config, history: bool) -> Value {
         "last_reload_error": last_error,
         "open_connections": state.open_connections(),
         "maxconn": cfg.maxconn,
+        "threads": tokio::runtime::Handle::current().metrics().num_workers(),
         "history_interval_s": SAMPLE_EVERY.as_secs(),
         "actions": cfg.admin.as_ref().is_some_and(|a| a.actions_token.is_some()),
     }));

@@ -316,6 +316,9 @@ impl State {
         if new.run_as != old.run_as {
             return Err("`user` and `group` cannot change on reload: restart sekisho".into());
         }
+        if new.threads != old.threads {
+            return Err("`threads` cannot change on reload: restart sekisho (or upgrade with --takeover)".into());
+        }
         if new.pid_file != old.pid_file || new.control_socket != old.control_socket {
             return Err(
                 "`pid_file` and `control_socket` cannot change on reload: restart sekisho (or upgrade with --takeover)"
@@ -607,7 +610,20 @@ pub struct Start {
 /// (or until a new process took its sockets over), then drains. Errors that
 /// stop the start are returned as one clear line.
 pub fn run(cfg: Config, start: Start) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let threads = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // one thread: the single-threaded scheduler, which hands work between a
+    // request and its upstream connection without cross-thread queues
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

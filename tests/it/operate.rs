@@ -695,3 +695,55 @@ fn reload_keeps_the_default_maxconn_and_refuses_a_new_control_socket() {
     assert!(err.contains("`control_socket` cannot change on reload"), "{err}");
     assert_eq!(stats(&p)["generation"], 2);
 }
+
+/// Threads of a process that the runtime named as its workers.
+fn worker_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[test]
+fn threads_sets_the_serving_threads_and_cannot_change_on_reload() {
+    let origin = Origin::start();
+    let echo = echo_server();
+    for (threads, workers) in [(1, 0), (3, 3)] {
+        let conf = operated_config("threads.test", "").replacen(
+            "control_socket",
+            &format!("threads = {threads}\ncontrol_socket"),
+            1,
+        );
+        let p = start(&conf);
+        assert_eq!(stats(&p)["threads"], threads, "threads = {threads}");
+        assert!(worker_threads(p.pid()) >= workers, "threads = {threads}");
+        // a tunnel stays open while requests are served beside it
+        let mut tunnel = Tunnel::open(p.port, echo);
+        for i in 0..5 {
+            let (code, body) = curl_status(&p.proxy(), &origin.url("/echo"), &[]);
+            assert_eq!(code, 200, "{body}");
+            tunnel.ping(i).unwrap();
+        }
+        let cfg = p.dir.path("sekisho.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(
+            &cfg,
+            text.replace(&format!("threads = {threads}"), &format!("threads = {}", threads + 1)),
+        )
+        .unwrap();
+        let o = reload_cmd(&["--control-socket", p.dir.path("control.sock").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("`threads` cannot change on reload"), "{err}");
+        assert_eq!(stats(&p)["threads"], threads);
+        tunnel.ping(9).unwrap();
+    }
+}
+
+#[test]
+fn threads_default_to_the_cpus_sekisho_may_run_on() {
+    let p = start(&operated_config("threads.test", ""));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(stats(&p)["threads"], cpus);
+}
