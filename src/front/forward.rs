@@ -600,9 +600,9 @@ async fn send_direct(
     let addrs = direct_addrs(txn, ctx, addrs).await?;
     let (mut key, mut tx, mut is_reused) = sender(txn, ctx, &addrs, true).await?;
     let response_timeout = txn.conn.cfg.timeouts.server_response;
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     loop {
-        match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
+        match tokio::time::timeout_at((t0 + response_timeout).into(), tx.try_send_request(out)).await {
             Ok(Ok(resp)) => {
                 txn.rec.timers.response = Some(t0.elapsed());
                 return Ok(Sent { resp, key, tx });
@@ -613,6 +613,8 @@ async fn send_direct(
                 if is_reused && let Some(m) = e.take_message() {
                     out = m;
                     (key, tx, is_reused) = sender(txn, ctx, &addrs, false).await?;
+                    // the server's time to answer counts from the request sent anew
+                    t0 = Instant::now();
                     continue;
                 }
                 return Err(Refusal::new(

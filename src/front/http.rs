@@ -667,7 +667,7 @@ async fn send_once(
     };
     loop {
         let t0 = Instant::now();
-        match tokio::time::timeout(response_timeout, tx.try_send_request(out)).await {
+        match tokio::time::timeout_at((t0 + response_timeout).into(), tx.try_send_request(out)).await {
             Ok(Ok(resp)) => {
                 txn.rec.timers.response = Some(t0.elapsed());
                 return Ok((resp, key, tx));

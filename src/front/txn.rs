@@ -63,8 +63,9 @@ impl Drop for Txn {
                 rec.result = ResultCode::TcpMissAborted;
             }
         }
-        rec.active = self.started.elapsed();
-        rec.total = conn.session.accepted.elapsed();
+        let now = Instant::now();
+        rec.active = now.saturating_duration_since(self.started);
+        rec.total = now.saturating_duration_since(conn.session.accepted);
         if let Some(c) = &self.req_body {
             rec.bytes_from_client += c.load(Relaxed);
         }

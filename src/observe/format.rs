@@ -418,7 +418,7 @@ impl Code {
             Code::BytesTotal => push_u64(out, rec.bytes_to_client.saturating_add(rec.bytes_from_client)),
             Code::Method => out.extend_from_slice(rec.method.as_str().as_bytes()),
             Code::Uri => {
-                let _ = write!(VecWriter(out), "{}", rec.uri);
+                push_uri(out, &rec.uri);
             }
             Code::PathQuery => match rec.uri.path_and_query() {
                 Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
@@ -444,7 +444,7 @@ impl Code {
             Code::RequestLine => {
                 out.extend_from_slice(rec.method.as_str().as_bytes());
                 out.push(b' ');
-                let _ = write!(VecWriter(out), "{}", rec.uri);
+                push_uri(out, &rec.uri);
                 out.push(b' ');
                 out.extend_from_slice(version_str(rec.version).unwrap_or("-").as_bytes());
             }
@@ -706,13 +706,47 @@ fn push_3digits(out: &mut Vec<u8>, n: u32) {
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    let _ = write!(VecWriter(out), "{}", ip.to_canonical());
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => push_v4(out, v4),
+        IpAddr::V6(v6) => {
+            let _ = write!(VecWriter(out), "{v6}");
+        }
+    }
+}
+
+/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it.
+fn push_v4(out: &mut Vec<u8>, a: std::net::Ipv4Addr) {
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        push_u64(out, u64::from(o));
+    }
+}
+
+/// A request target as `Uri`'s `Display` writes it: scheme, authority,
+/// path, query.
+fn push_uri(out: &mut Vec<u8>, u: &http::Uri) {
+    if let Some(s) = u.scheme_str() {
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"://");
+    }
+    if let Some(a) = u.authority() {
+        out.extend_from_slice(a.as_str().as_bytes());
+    }
+    out.extend_from_slice(u.path().as_bytes());
+    if let Some(q) = u.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
 }
 
 fn push_sockaddr(out: &mut Vec<u8>, ip: IpAddr, port: u16) {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            let _ = write!(VecWriter(out), "{v4}:{port}");
+            push_v4(out, v4);
+            out.push(b':');
+            push_u64(out, u64::from(port));
         }
         IpAddr::V6(v6) => {
             let _ = write!(VecWriter(out), "[{v6}]:{port}");
@@ -746,7 +780,74 @@ enum Esc {
     Json,
 }
 
+/// For each escape style, which bytes stay as they are.
+static PLAIN: [[bool; 256]; 9] = {
+    const STYLES: [Esc; 9] = [
+        Esc::Raw,
+        Esc::Ctrl,
+        Esc::Quote,
+        Esc::Bracket,
+        Esc::Url,
+        Esc::UrlKeepPercent,
+        Esc::Hash,
+        Esc::Backslash,
+        Esc::Json,
+    ];
+    let mut t = [[false; 256]; 9];
+    let mut s = 0;
+    while s < STYLES.len() {
+        assert!(STYLES[s] as usize == s);
+        let mut b = 0;
+        while b < 256 {
+            t[s][b] = STYLES[s].keeps(b as u8);
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
 impl Esc {
+    /// Whether `b` is written as it is (what [`Esc::escape`] does, as a table).
+    fn plain(self, b: u8) -> bool {
+        PLAIN[self as usize][usize::from(b)]
+    }
+
+    /// Whether `b` is written as it is, for building [`PLAIN`].
+    const fn keeps(self, b: u8) -> bool {
+        let ctrl = b < 0x20 || b == 0x7f;
+        match self {
+            Esc::Raw => true,
+            Esc::Ctrl => !ctrl,
+            Esc::Quote => !ctrl && b != b'"' && b != b'\\',
+            Esc::Bracket => !ctrl && b < 0x80 && !matches!(b, b' ' | b'"' | b'[' | b']' | b'%'),
+            Esc::Url | Esc::UrlKeepPercent => {
+                !ctrl
+                    && b < 0x80
+                    && !matches!(
+                        b,
+                        b' ' | b'"'
+                            | b'#'
+                            | b'<'
+                            | b'>'
+                            | b'['
+                            | b'\\'
+                            | b']'
+                            | b'^'
+                            | b'`'
+                            | b'{'
+                            | b'|'
+                            | b'}'
+                            | b'~'
+                    )
+                    && !(b == b'%' && matches!(self, Esc::Url))
+            }
+            Esc::Hash => !ctrl && b != b'"',
+            Esc::Backslash => !ctrl && !matches!(b, b'"' | b'\\' | b']'),
+            Esc::Json => b >= 0x20 && b != b'"' && b != b'\\',
+        }
+    }
+
     /// Write the escaped form of `b` into `buf`, return its length.
     fn escape(self, b: u8, buf: &mut [u8; 6]) -> usize {
         let is_ctrl = b < 0x20 || b == 0x7f;
@@ -854,7 +955,8 @@ fn escape_tail(out: &mut Vec<u8>, start: usize, esc: Esc, quote: Option<u8>) {
     let end = out.len();
     let mut buf = [0u8; 6];
     let mut extra = if quote.is_some() { 2 } else { 0 };
-    if esc != Esc::Raw {
+    // most values need no escape at all: one table look per byte finds out
+    if esc != Esc::Raw && out[start..end].iter().any(|&b| !esc.plain(b)) {
         for &b in &out[start..end] {
             extra += esc.escape(b, &mut buf) - 1;
         }
@@ -1571,6 +1673,66 @@ fn render_json(date: &DateFmt, rec: &Record, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_table_agrees_with_escape() {
+        let styles = [
+            Esc::Raw,
+            Esc::Ctrl,
+            Esc::Quote,
+            Esc::Bracket,
+            Esc::Url,
+            Esc::UrlKeepPercent,
+            Esc::Hash,
+            Esc::Backslash,
+            Esc::Json,
+        ];
+        for esc in styles {
+            for b in 0..=255u8 {
+                let mut buf = [0u8; 6];
+                let n = esc.escape(b, &mut buf);
+                assert_eq!(esc.plain(b), n == 1 && buf[0] == b, "{esc:?} byte {b:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn uris_and_addresses_render_as_their_display() {
+        for u in [
+            "http://example.com:8080/a/b?x=1&y=%20",
+            "http://example.com",
+            "/only/path?q",
+            "/",
+            "*",
+            "example.com:443",
+            "https://[2001:db8::1]:8443/p",
+        ] {
+            let uri: http::Uri = u.parse().unwrap();
+            let mut out = Vec::new();
+            push_uri(&mut out, &uri);
+            assert_eq!(String::from_utf8(out).unwrap(), uri.to_string(), "{u}");
+        }
+        for a in [
+            "0.0.0.0",
+            "192.168.99.1",
+            "255.255.255.255",
+            "10.0.10.100",
+            "::ffff:10.1.2.3",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_canonical().to_string(), "{a}");
+            let mut out = Vec::new();
+            push_sockaddr(&mut out, ip, 3128);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                std::net::SocketAddr::new(ip.to_canonical(), 3128).to_string(),
+                "{a}"
+            );
+        }
+    }
     use crate::observe::record::{Hierarchy, ResultCode, Timers};
     use http::{HeaderValue, Method, Uri};
     use std::sync::Arc;
