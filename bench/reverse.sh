@@ -149,6 +149,8 @@ http {
         listen 127.0.0.1:$s ssl;
         ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
+        # NGINX 1.22 offers only up to TLS 1.2 unless told; every balancer speaks 1.3 here
+        ssl_protocols TLSv1.2 TLSv1.3;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -169,6 +171,9 @@ for t in $TARGETS; do
     "start_$t" || die "$t did not start"
     body=$(curl -s "http://127.0.0.1:${HTTP_PORT[$t]}/small"); [[ $body == "$(cat "$TMP/www/small")" ]] || die "$t: bad answer over http"
     body=$(curl -sk "https://127.0.0.1:${HTTPS_PORT[$t]}/small"); [[ $body == "$(cat "$TMP/www/small")" ]] || die "$t: bad answer over https"
+    # the same protocol everywhere: every HTTPS measurement is TLS 1.3
+    proto=$(openssl s_client -connect "127.0.0.1:${HTTPS_PORT[$t]}" -servername bench.test </dev/null 2>/dev/null | awk '/^New,/ { print $2 }')
+    [[ $proto == TLSv1.3, ]] || die "$t negotiated ${proto:-nothing} instead of TLS 1.3"
     log "$t ready (http ${HTTP_PORT[$t]}, https ${HTTPS_PORT[$t]})"
 done
 
