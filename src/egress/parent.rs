@@ -117,6 +117,22 @@ impl AsyncWrite for ParentStream {
             ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ParentStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ParentStream::Plain(s) => s.is_write_vectored(),
+            ParentStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ParentStream::Plain(s) => Pin::new(s).poll_flush(cx),

@@ -822,25 +822,11 @@ impl Esc {
             Esc::Quote => !ctrl && b != b'"' && b != b'\\',
             Esc::Bracket => !ctrl && b < 0x80 && !matches!(b, b' ' | b'"' | b'[' | b']' | b'%'),
             Esc::Url | Esc::UrlKeepPercent => {
-                !ctrl
-                    && b < 0x80
-                    && !matches!(
-                        b,
-                        b' ' | b'"'
-                            | b'#'
-                            | b'<'
-                            | b'>'
-                            | b'['
-                            | b'\\'
-                            | b']'
-                            | b'^'
-                            | b'`'
-                            | b'{'
-                            | b'|'
-                            | b'}'
-                            | b'~'
-                    )
-                    && !(b == b'%' && matches!(self, Esc::Url))
+                let unsafe_char = matches!(
+                    b,
+                    b' ' | b'"' | b'#' | b'<' | b'>' | b'[' | b'\\' | b']' | b'^' | b'`' | b'{' | b'|' | b'}' | b'~'
+                ) || (b == b'%' && matches!(self, Esc::Url));
+                !(ctrl || b >= 0x80 || unsafe_char)
             }
             Esc::Hash => !ctrl && b != b'"',
             Esc::Backslash => !ctrl && !matches!(b, b'"' | b'\\' | b']'),

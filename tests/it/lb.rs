@@ -1044,3 +1044,70 @@ fn http2_with_nghttp_over_tls_and_h2c() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(log_lines(&q, 1), ["HTTP/2.0 200"]);
 }
+
+/// Data segments this socket has received (TCP_INFO).
+fn data_segments_in(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
+
+#[test]
+fn a_tls_handshake_flight_leaves_in_one_segment() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    crate::harness::require_tool("openssl");
+    let dir = TempDir::new();
+    let (c, k) = cert(&dir, "a", &["a.test"]);
+    let o = Origin::start();
+    let listener = format!("[listener.tls]\ncertificates = [{{ cert = \"{c}\", key = \"{k}\" }}]");
+    let cfg = lb_config(&[&o], "", &[], &listener, "%ST").replace("mode = \"http\"", "mode = \"https\"");
+    let p = start(&cfg);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&c).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let mut tls =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), ServerName::try_from("a.test").unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock).unwrap();
+    }
+    assert_eq!(tls.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    // ServerHello, ChangeCipherSpec and the encrypted rest come in one
+    // write; the session tickets that follow the client's Finished may be
+    // in already, in one more
+    let segs = data_segments_in(&sock);
+    assert!(
+        (1..=2).contains(&segs),
+        "{segs} data segments for the server's handshake"
+    );
+    // and the connection works
+    use std::io::{Read, Write};
+    tls.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    let _ = stream.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+}
