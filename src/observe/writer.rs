@@ -379,8 +379,9 @@ impl Lines {
                 && s.records > 0
             {
                 let n = std::mem::take(&mut s.records);
-                let buf = std::mem::take(&mut s.buf);
-                out.push((buf, n));
+                // the next lines get room for as many as these at once
+                let room = Vec::with_capacity(s.buf.len().next_power_of_two());
+                out.push((std::mem::replace(&mut s.buf, room), n));
             }
         }
         out
