@@ -410,7 +410,12 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match msg {
-            Ok(Msg::Batch(buf, n)) => write(&buf, n, &mut sink),
+            Ok(Msg::Batch(buf, n)) => {
+                write(&buf, n, &mut sink);
+                // records are coming: look at the buffers again soon, even if
+                // a wake-up was lost to a full queue
+                next_look.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
+            }
             Ok(Msg::Wake) => {
                 next_look.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
             }
