@@ -3,10 +3,9 @@
 //! ones and counts them.
 //!
 //! Line outputs (stdout, stderr, files): the request path renders the record
-//! into one of a few shared buffers (one per worker thread in practice) and
-//! hands a full buffer (64 KiB) to the writer; the writer also takes what
-//! the buffers hold every 20 ms while records come, and sleeps while none
-//! do. Files get whole lines in batches, so a line is never split. Syslog
+//! into the output's buffer (lines stay in the order transactions ended); the
+//! writer takes the buffer when it holds 64 KiB, and also every 20 ms while
+//! records come, and sleeps while none do. Files get whole lines in batches, so a line is never split. Syslog
 //! outputs get the record itself and send one datagram per record (see
 //! [`crate::observe::syslog`]).
 //!
@@ -17,9 +16,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,48 +27,39 @@ use crate::observe::format::LogFormat;
 use crate::observe::record::Record;
 use crate::observe::syslog::{self, Sent};
 
-/// What travels to a writer thread: a record (syslog), a batch of rendered
-/// lines and how many, a wake-up (records are waiting in the buffers, or
-/// files are to be reopened), or the order to finish.
+/// What travels to a writer thread: a record (syslog), word that the
+/// buffer is full (take it now) or that lines wait after a quiet spell (take
+/// them in a moment), a wake-up to reopen files, or the order to finish.
 enum Msg {
     Record(Arc<Record>),
-    Batch(Vec<u8>, u64),
+    Full,
     Wake,
     Reopen,
     Close,
 }
 
-/// Lines rendered on the request path, not yet handed to the writer.
+/// Lines rendered on the request path, not yet taken by the writer.
 #[derive(Default)]
-struct Shard {
+struct Buffer {
     buf: Vec<u8>,
     records: u64,
+    /// The writer was told the buffer is full and has not taken it yet.
+    told: bool,
     /// Set when the output closed: later records are dropped and counted.
     closed: bool,
 }
 
-/// The shared side of a line output.
+/// The shared side of a line output. One buffer, so lines stay in the
+/// order their transactions ended, whichever thread served them.
 struct Lines {
     format: Arc<LogFormat>,
-    shards: Box<[Mutex<Shard>]>,
-    /// Records rendered and not yet written (in the buffers or on their way).
+    buffer: Mutex<Buffer>,
+    /// Records rendered and not yet written.
     pending: AtomicU64,
     /// `queue_size`: more records waiting than this are dropped.
     limit: u64,
-    /// The writer found the buffers empty and waits for a wake-up.
+    /// The writer found the buffer empty and waits for a wake-up.
     idle: AtomicBool,
-}
-
-/// Buffers of a line output: a few, so worker threads rarely share one.
-const SHARDS: usize = 8;
-
-/// This thread's buffer index, given out in turn.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
-    }
-    MINE.with(|i| *i)
 }
 
 /// An output's counters, shared by the request path and its writer thread.
@@ -117,7 +106,7 @@ pub struct OutputFigures {
 const BATCH: usize = 64 * 1024;
 /// A record waits at most about this long for others to share its write.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// Batches on their way to one writer.
+/// Messages waiting for one line writer (at most a few at a time).
 const BATCHES_QUEUED: usize = 64;
 
 /// Where a line output writes.
@@ -198,7 +187,7 @@ impl AccessLog {
                     let (tx, rx) = mpsc::sync_channel(BATCHES_QUEUED);
                     let lines = Arc::new(Lines {
                         format,
-                        shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                        buffer: Mutex::new(Buffer::default()),
                         pending: AtomicU64::new(0),
                         limit: c.queue_size as u64,
                         idle: AtomicBool::new(false),
@@ -292,10 +281,8 @@ impl AccessLog {
     pub fn close(&self) {
         for o in &self.outputs {
             if let Some(lines) = &o.lines {
-                for shard in lines.shards.iter() {
-                    if let Ok(mut s) = shard.lock() {
-                        s.closed = true;
-                    }
+                if let Ok(mut b) = lines.buffer.lock() {
+                    b.closed = true;
                 }
             }
             let _ = o.tx.send(Msg::Close);
@@ -326,8 +313,8 @@ impl Output {
 }
 
 impl Lines {
-    /// Renders a record into this thread's buffer; a full buffer goes to the
-    /// writer, and a sleeping writer is woken.
+    /// Renders a record into the buffer; a full buffer is taken by the
+    /// writer at once, and a sleeping writer is woken.
     fn put(&self, o: &Output, rec: &Record) {
         if self.pending.fetch_add(1, Relaxed) >= self.limit {
             self.pending.fetch_sub(1, Relaxed);
@@ -335,56 +322,42 @@ impl Lines {
             return;
         }
         let full = {
-            let Ok(mut s) = self.shards[shard_index()].lock() else {
+            let Ok(mut b) = self.buffer.lock() else {
                 self.pending.fetch_sub(1, Relaxed);
                 o.dropped(1);
                 return;
             };
-            if s.closed {
-                drop(s);
+            if b.closed {
+                drop(b);
                 self.pending.fetch_sub(1, Relaxed);
                 o.dropped(1);
                 return;
             }
-            self.format.render(rec, &mut s.buf);
-            s.buf.push(b'\n');
-            s.records += 1;
-            (s.buf.len() >= BATCH).then(|| {
-                let n = std::mem::take(&mut s.records);
-                (std::mem::replace(&mut s.buf, Vec::with_capacity(BATCH + BATCH / 4)), n)
-            })
+            self.format.render(rec, &mut b.buf);
+            b.buf.push(b'\n');
+            b.records += 1;
+            let full = b.buf.len() >= BATCH && !b.told;
+            b.told |= full;
+            full
         };
-        match full {
-            Some((buf, n)) => {
-                if let Err(TrySendError::Full(Msg::Batch(_, n)) | TrySendError::Disconnected(Msg::Batch(_, n))) =
-                    o.tx.try_send(Msg::Batch(buf, n))
-                {
-                    self.pending.fetch_sub(n, Relaxed);
-                    o.dropped(n);
-                }
-            }
-            None => {
-                if self.idle.load(Relaxed) && self.idle.swap(false, SeqCst) {
-                    let _ = o.tx.try_send(Msg::Wake);
-                }
-            }
+        if full {
+            let _ = o.tx.try_send(Msg::Full);
+        } else if self.idle.load(Relaxed) && self.idle.swap(false, SeqCst) {
+            let _ = o.tx.try_send(Msg::Wake);
         }
     }
 
-    /// Takes what every buffer holds: the batches and how many records.
-    fn sweep(&self) -> Vec<(Vec<u8>, u64)> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            if let Ok(mut s) = shard.lock()
-                && s.records > 0
-            {
-                let n = std::mem::take(&mut s.records);
-                // the next lines get room for as many as these at once
-                let room = Vec::with_capacity(s.buf.len().next_power_of_two());
-                out.push((std::mem::replace(&mut s.buf, room), n));
-            }
+    /// Takes what the buffer holds, and how many records.
+    fn take(&self) -> Option<(Vec<u8>, u64)> {
+        let mut b = self.buffer.lock().ok()?;
+        if b.records == 0 {
+            return None;
         }
-        out
+        let n = std::mem::take(&mut b.records);
+        b.told = false;
+        // the next lines get room for as many as these at once
+        let room = Vec::with_capacity(b.buf.len().next_power_of_two());
+        Some((std::mem::replace(&mut b.buf, room), n))
     }
 }
 
@@ -410,10 +383,10 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match msg {
-            Ok(Msg::Batch(buf, n)) => {
-                write(&buf, n, &mut sink);
-                // records are coming: look at the buffers again soon, even if
-                // a wake-up was lost to a full queue
+            Ok(Msg::Full) => {
+                if let Some((buf, n)) = lines.take() {
+                    write(&buf, n, &mut sink);
+                }
                 next_look.get_or_insert_with(|| Instant::now() + FLUSH_AFTER);
             }
             Ok(Msg::Wake) => {
@@ -426,13 +399,7 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
             }
             Ok(Msg::Record(_)) => {}
             Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
-                // batches sent before the close come first, then the buffers
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Batch(buf, n) = m {
-                        write(&buf, n, &mut sink);
-                    }
-                }
-                for (buf, n) in lines.sweep() {
+                if let Some((buf, n)) = lines.take() {
                     write(&buf, n, &mut sink);
                 }
                 return;
@@ -441,15 +408,13 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
                 // idle first, then look: a record put after the look finds
                 // the flag set and wakes this thread
                 lines.idle.store(true, SeqCst);
-                let batches = lines.sweep();
-                if batches.is_empty() {
-                    next_look = None;
-                } else {
-                    lines.idle.store(false, SeqCst);
-                    for (buf, n) in batches {
+                match lines.take() {
+                    None => next_look = None,
+                    Some((buf, n)) => {
+                        lines.idle.store(false, SeqCst);
                         write(&buf, n, &mut sink);
+                        next_look = Some(Instant::now() + FLUSH_AFTER);
                     }
-                    next_look = Some(Instant::now() + FLUSH_AFTER);
                 }
             }
         }
@@ -470,7 +435,7 @@ fn syslog_loop(rx: Receiver<Msg>, format: Arc<LogFormat>, mut sender: syslog::Se
                 };
                 counter.fetch_add(1, Relaxed);
             }
-            Ok(Msg::Reopen | Msg::Wake | Msg::Batch(..)) => {}
+            Ok(Msg::Reopen | Msg::Wake | Msg::Full) => {}
             Ok(Msg::Close) | Err(_) => break,
         }
     }
@@ -563,11 +528,16 @@ mod tests {
         log.close();
         let text = std::fs::read_to_string(&path).unwrap();
         let mut seen = std::collections::HashSet::new();
+        let mut next = [0u32; 4];
         for line in text.lines() {
             let mut parts = line.split('/');
             assert_eq!(parts.next(), Some(""), "{line}");
             let key = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
             assert_eq!(parts.next(), Some("x".repeat(60).as_str()), "a whole line: {line}");
+            // each thread's lines in the order it submitted them
+            let (t, i): (usize, u32) = (key.0.parse().unwrap(), key.1.parse().unwrap());
+            assert_eq!(i, next[t], "in order: {line}");
+            next[t] += 1;
             assert!(seen.insert(key), "once: {line}");
         }
         assert_eq!(seen.len(), 4 * 3001);
