@@ -280,10 +280,10 @@ impl AccessLog {
     /// Records submitted after this are dropped and counted.
     pub fn close(&self) {
         for o in &self.outputs {
-            if let Some(lines) = &o.lines {
-                if let Ok(mut b) = lines.buffer.lock() {
-                    b.closed = true;
-                }
+            if let Some(lines) = &o.lines
+                && let Ok(mut b) = lines.buffer.lock()
+            {
+                b.closed = true;
             }
             let _ = o.tx.send(Msg::Close);
             let handle = o.thread.lock().map(|mut h| h.take()).unwrap_or(None);
