@@ -5,9 +5,9 @@
 //! Line outputs (stdout, stderr, files): the request path renders the record
 //! into the output's buffer (lines stay in the order transactions ended); the
 //! writer takes the buffer when it holds 64 KiB, and also every 20 ms while
-//! records come, and sleeps while none do. Files get whole lines in batches, so a line is never split. Syslog
-//! outputs get the record itself and send one datagram per record (see
-//! [`crate::observe::syslog`]).
+//! records come, and sleeps while none do. Files get whole lines in batches,
+//! so a line is never split. Syslog outputs get the record itself and send
+//! one datagram per record (see [`crate::observe::syslog`]).
 //!
 //! [`AccessLog::reopen`] (SIGUSR1) makes file outputs open their path again
 //! between two batches, for log rotation: every line lands whole in the old
@@ -107,7 +107,7 @@ const BATCH: usize = 64 * 1024;
 /// A record waits at most about this long for others to share its write.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 /// Messages waiting for one line writer (at most a few at a time).
-const BATCHES_QUEUED: usize = 64;
+const MESSAGES_QUEUED: usize = 64;
 
 /// Where a line output writes.
 enum LineSink {
@@ -184,7 +184,7 @@ impl AccessLog {
             let k = counts.clone();
             let (tx, lines, thread) = match sink {
                 Sink::Lines(sink) => {
-                    let (tx, rx) = mpsc::sync_channel(BATCHES_QUEUED);
+                    let (tx, rx) = mpsc::sync_channel(MESSAGES_QUEUED);
                     let lines = Arc::new(Lines {
                         format,
                         buffer: Mutex::new(Buffer::default()),
@@ -374,7 +374,7 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
         }
         lines.pending.fetch_sub(n, Relaxed);
     };
-    // while records come, the buffers are looked at every FLUSH_AFTER; when a
+    // while records come, the buffer is looked at every FLUSH_AFTER; when a
     // look finds nothing, the writer sleeps until the request path wakes it
     let mut next_look = Some(Instant::now() + FLUSH_AFTER);
     loop {
@@ -510,8 +510,8 @@ mod tests {
         let mut c = cfg(LogTarget::File(path.clone()));
         c.queue_size = 1 << 20;
         let log = Arc::new(AccessLog::start(&[c]).unwrap());
-        // enough bytes per thread for several full buffers, and a tail left
-        // in the buffers for the close to write
+        // enough bytes for several full buffers, and a tail left in the
+        // buffer for the close to write
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = log.clone();
@@ -555,7 +555,7 @@ mod tests {
         let path = dir.join("access.log");
         let mut c = cfg(LogTarget::File(path.clone()));
         c.queue_size = 3;
-        // the writer looks at the buffers 20 ms after its start, then every
+        // the writer looks at the buffer 20 ms after its start, then every
         // 20 ms: records put before wait there, and more than queue_size of
         // them do not fit
         let t0 = Instant::now();
