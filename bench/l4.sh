@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Layer-4 proxying, side by side in one run:
-#   tcp   iperf3 throughput through sekisho (`tcp` listener, splice), HAProxy
+#   tcp   iperf3 throughput through sekisho (`tcp` listener; its default relay,
+#         user-space buffers, and `tunnel.relay = "splice"`), HAProxy
 #         (`mode tcp`, one thread) and NGINX `stream` (one worker), with each
 #         relay's CPU time per Gbit moved;
 #   udp   dnsperf queries/s through sekisho (`udp` listener, responses = 1,
@@ -105,6 +106,25 @@ EOF
 taskset -c "$PROXY_CPU" "$SEKISHO" run -c "$TMP/sekisho.toml" >/dev/null 2>"$TMP/sekisho.err" &
 PID[sekisho]=$!; PIDS+=($!)
 wait_port "${TCP[sekisho]}" || die "sekisho did not start: $(cat "$TMP/sekisho.err")"
+# a second sekisho relaying with splice(2), for the TCP measurement only
+TCP[sekisho-splice]=$(free_port)
+cat >"$TMP/sekisho-splice.toml" <<EOF
+[pool.iperf]
+[[pool.iperf.server]]
+address = "127.0.0.1:$IPERF"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:${TCP[sekisho-splice]}"
+mode = "tcp"
+default_pool = "iperf"
+[tunnel]
+relay = "splice"
+[admin]
+enabled = false
+EOF
+taskset -c "$PROXY_CPU" "$SEKISHO" run -c "$TMP/sekisho-splice.toml" >/dev/null 2>"$TMP/sekisho-splice.err" &
+PID[sekisho-splice]=$!; PIDS+=($!)
+wait_port "${TCP[sekisho-splice]}" || die "sekisho (splice) did not start: $(cat "$TMP/sekisho-splice.err")"
 
 # HAProxy (no UDP)
 TCP[haproxy]=$(free_port); HOLDP[haproxy]=$(free_port)
@@ -172,7 +192,7 @@ RESULTS=$TMP/results
 
 log "tcp: iperf3 for ${SECONDS_PER_RUN}s per run"
 for ((run = 1; run <= RUNS; run++)); do
-    for t in sekisho haproxy nginx; do
+    for t in sekisho sekisho-splice haproxy nginx; do
         read -ra ps <<<"$(pids_of "$t")"
         c0=$(ticks "${ps[@]}")
         out=$(taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "${TCP[$t]}" -t "$SECONDS_PER_RUN" -J)

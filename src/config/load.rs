@@ -978,14 +978,14 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
 fn tunnel(cx: &mut Cx, root: &mut Tab<'_, '_>) -> crate::relay::tunnel::Method {
     use crate::relay::tunnel::Method;
     let Some(mut tab) = root.table(cx, &TUNNEL) else {
-        return Method::Splice;
+        return Method::Copy;
     };
     let m = match tab.str(cx, "relay") {
-        Some(("splice", _)) | None => Method::Splice,
-        Some(("copy", _)) => Method::Copy,
+        Some(("copy", _)) | None => Method::Copy,
+        Some(("splice", _)) => Method::Splice,
         Some((s, span)) => {
-            cx.err(span, format!("`tunnel.relay` is \"splice\" or \"copy\", not `{s}`"));
-            Method::Splice
+            cx.err(span, format!("`tunnel.relay` is \"copy\" or \"splice\", not `{s}`"));
+            Method::Copy
         }
     };
     tab.finish(cx);

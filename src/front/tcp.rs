@@ -2,7 +2,7 @@
 //! pool (the same servers, algorithms, health, `maxconn` and queue as HTTP),
 //! connected with failover to the next server when a connect fails (nothing
 //! was sent yet), optionally with a PROXY header and TLS to the server, and
-//! relayed both ways (splice(2) or buffers, `tunnel.relay`) until both sides
+//! relayed both ways (buffers or splice(2), `tunnel.relay`) until both sides
 //! close or nothing moves for `timeouts.tunnel_idle`. One log record per
 //! connection: bytes each way, queue/connect/total times, termination state.
 

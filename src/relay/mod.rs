@@ -4,5 +4,6 @@
 pub mod body;
 pub mod headers;
 pub mod pool;
+pub mod pump;
 pub mod splice;
 pub mod tunnel;

@@ -72,7 +72,7 @@ fn wrong_types() {
         "[tunnel]\nrelay = \"zerocopy\"\n",
         2,
         9,
-        "`tunnel.relay` is \"splice\" or \"copy\"",
+        "`tunnel.relay` is \"copy\" or \"splice\"",
     );
     assert_error(
         "[http]\nforwarded_for = \"maybe\"\n",

@@ -171,3 +171,77 @@ fn tunnel_idle_timeout_closes_it() {
     let lines = p.log_lines(1);
     assert!(lines[0].contains("TCP_TUNNEL/200"), "{lines:?}");
 }
+
+/// Pipes among a process's open descriptors.
+fn pipes_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// A server that reads one connection to its end, answering "ok" after
+/// every `n` bytes.
+fn counting_sink(n: usize) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Some(Ok(mut s)) = l.incoming().next() else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => {
+                    got += k;
+                    if got >= n {
+                        got -= n;
+                        let _ = s.write_all(b"ok");
+                    }
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn bulk_transfers_take_a_pipe_only_with_splice_and_give_it_back_when_idle() {
+    const BULK: usize = 4 << 20;
+    for relay in ["copy (the default)", "splice"] {
+        let sink = counting_sink(BULK);
+        let extra = if relay == "splice" {
+            "[tunnel]\nrelay = \"splice\"\n"
+        } else {
+            ""
+        };
+        let p = start(&basic_config(&format!("{CONNECT_ANY_PORT}\n{extra}")));
+        let before = pipes_of(p.pid());
+        let (mut s, head) = open_tunnel(p.port, &format!("127.0.0.1:{sink}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s.write_all(&vec![7u8; BULK]).unwrap();
+        let mut ok = [0u8; 2];
+        s.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"ok", "relay {relay}: the sink got every byte");
+        let during = pipes_of(p.pid());
+        if relay == "splice" {
+            assert_eq!(during, before + 2, "relay {relay}: a bulk direction holds one pipe");
+        } else {
+            assert_eq!(during, before, "relay {relay}: no pipe");
+        }
+        // a direction idle for 1 s gives its pipe back; the tunnel stays open
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            pipes_of(p.pid()),
+            before,
+            "relay {relay}: the idle tunnel holds no pipe"
+        );
+        s.write_all(&vec![7u8; BULK]).unwrap();
+        s.read_exact(&mut ok).unwrap();
+        assert_eq!(
+            &ok, b"ok",
+            "relay {relay}: the tunnel still moves bulk after going idle"
+        );
+    }
+}
