@@ -428,7 +428,7 @@ static HTTP: TableKeys = TableKeys {
 
 static TUNNEL: TableKeys = TableKeys {
     path: "tunnel",
-    keys: &["relay"],
+    keys: &["relay", "buffer"],
 };
 
 static ADMIN: TableKeys = TableKeys {
@@ -978,14 +978,24 @@ fn http_options(cx: &mut Cx, root: &mut Tab<'_, '_>) -> HttpOptions {
 fn tunnel(cx: &mut Cx, root: &mut Tab<'_, '_>) -> crate::relay::tunnel::Method {
     use crate::relay::tunnel::Method;
     let Some(mut tab) = root.table(cx, &TUNNEL) else {
-        return Method::Copy;
+        return Method::Copy(Method::BUFFER);
     };
+    let buffer = tab.get("buffer").map(|v| v.span());
+    let size = tab.uint(cx, "buffer", 4096, 16 << 20).map(|n| n as usize);
     let m = match tab.str(cx, "relay") {
-        Some(("copy", _)) | None => Method::Copy,
-        Some(("splice", _)) => Method::Splice,
+        Some(("copy", _)) | None => Method::Copy(size.unwrap_or(Method::BUFFER)),
+        Some(("splice", _)) => {
+            if let Some(span) = buffer {
+                cx.err(
+                    span,
+                    "`tunnel.buffer` sizes the `copy` relay's buffers; `splice` has none".to_string(),
+                );
+            }
+            Method::Splice
+        }
         Some((s, span)) => {
             cx.err(span, format!("`tunnel.relay` is \"copy\" or \"splice\", not `{s}`"));
-            Method::Copy
+            Method::Copy(Method::BUFFER)
         }
     };
     tab.finish(cx);

@@ -35,7 +35,7 @@ pub struct Config {
     /// Every ACL, built-ins first; rules refer to them by index.
     pub acls: Arc<[Acl]>,
     pub http: HttpOptions,
-    /// How CONNECT tunnel bytes are moved.
+    /// How CONNECT tunnel and `tcp` listener bytes are moved.
     pub tunnel_relay: crate::relay::tunnel::Method,
     pub admin: Option<AdminConfig>,
     pub listeners: Vec<ListenerConfig>,

@@ -1,7 +1,7 @@
 //! One direction of a byte tunnel between two plain sockets. Small bursts
 //! pass through the thread's buffer; a burst that fills it is bulk, and the
 //! direction takes a buffer of its own for what follows: a pipe (`splice`) or
-//! a user-space buffer (`copy`). A direction idle for [`BULK_IDLE`] gives it
+//! a user-space buffer (`copy`, `tunnel.buffer` bytes). A direction idle for [`BULK_IDLE`] gives it
 //! back, so an idle or chatty tunnel holds only its two sockets.
 
 use std::io;
@@ -28,11 +28,6 @@ const BULK_IDLE: Duration = Duration::from_secs(1);
 /// Bytes read through the thread's buffer before a direction takes a bulk buffer.
 const SMALL: usize = 16 * 1024;
 
-/// A bulk direction's user-space buffer (`copy`). Larger buffers measured
-/// slower on loopback (64 KiB: ~30 % fewer Gbit/s, the copies no longer stay
-/// in the CPU's caches); 16 and 32 KiB were alike.
-const BULK: usize = 32 * 1024;
-
 /// The buffer a direction in bulk holds.
 enum Bulk {
     Pipe(Pipe),
@@ -45,7 +40,7 @@ impl Bulk {
     fn new(method: Method) -> Option<Bulk> {
         match method {
             Method::Splice => Pipe::new().ok().map(Bulk::Pipe),
-            Method::Copy => Some(Bulk::Buf(vec![0u8; BULK].into_boxed_slice())),
+            Method::Copy(size) => Some(Bulk::Buf(vec![0u8; size].into_boxed_slice())),
         }
     }
 }

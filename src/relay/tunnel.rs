@@ -1,7 +1,7 @@
 //! Byte tunnels (CONNECT, `tcp` listeners): both directions relayed until
 //! each side has closed its half, or until nothing moves for the idle
-//! timeout. Between two plain sockets bulk bytes move through 32 KiB
-//! user-space buffers (`copy`, the default) or through pipes with splice(2).
+//! timeout. Between two plain sockets bulk bytes move through user-space
+//! buffers (`copy`, the default) or through pipes with splice(2).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -42,9 +42,17 @@ pub struct Outcome {
 pub enum Method {
     /// Kernel to kernel through a pipe (splice(2)).
     Splice,
-    /// Read into and write from a user-space buffer (the default: on
-    /// loopback it moved more Gbit/s than splice for about the same CPU).
-    Copy,
+    /// Read into and write from a user-space buffer of this many bytes per
+    /// bulk direction (the default).
+    Copy(usize),
+}
+
+impl Method {
+    /// The `copy` buffer unless configured. Measured on loopback (BENCHMARKS.md):
+    /// a CONNECT download reached ~80 % of a direct one with 32 KiB and 90-94 %
+    /// with 256-512 KiB; an iperf3 stream moved about as much with 32 and
+    /// 256 KiB and ~7 % less with 1 MiB; 64 KiB was the slowest of all.
+    pub const BUFFER: usize = 256 * 1024;
 }
 
 /// Relays between `client` and `server`; `initial` is what the client already

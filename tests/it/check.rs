@@ -69,6 +69,18 @@ fn wrong_types() {
     );
     assert_error("[timeouts]\nconnect = \"5 parsecs\"\n", 2, 11, "unknown unit");
     assert_error(
+        "[tunnel]\nbuffer = 100\n",
+        2,
+        10,
+        "`tunnel.buffer` must be between 4096 and 16777216",
+    );
+    assert_error(
+        "[tunnel]\nrelay = \"splice\"\nbuffer = 65536\n",
+        3,
+        10,
+        "`tunnel.buffer` sizes the `copy` relay's buffers",
+    );
+    assert_error(
         "[tunnel]\nrelay = \"zerocopy\"\n",
         2,
         9,

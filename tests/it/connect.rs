@@ -92,9 +92,9 @@ fn copy_relay_passes_half_close_too() {
 
 #[test]
 fn large_transfer_through_the_tunnel() {
-    for relay in ["splice", "copy"] {
+    for relay in ["\"splice\"", "\"copy\"", "\"copy\"\nbuffer = 4096"] {
         let origin = Origin::start();
-        let p = start(&basic_config(&format!("[tunnel]\nrelay = \"{relay}\"\n")));
+        let p = start(&basic_config(&format!("[tunnel]\nrelay = {relay}\n")));
         let o = curl(&[
             "-s",
             "-p",
