@@ -6,8 +6,9 @@
 //! close or nothing moves for `timeouts.tunnel_idle`. One log record per
 //! connection: bytes each way, queue/connect/total times, termination state.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -18,12 +19,64 @@ use crate::listen::Session;
 use crate::observe::record::{Record, ResultCode};
 use crate::relay::tunnel::{self, End};
 use crate::runtime::State;
-use crate::upstream::backend::{NoServer, source_key};
+use crate::upstream::backend::{NoServer, Slot, source_key};
 
 /// The server side of a TCP session.
 enum ServerStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// What a TCP session's log record holds beyond its [`Session`], kept small
+/// while the session is open; the record is built when it ends.
+struct Facts {
+    request_time: SystemTime,
+    started: Instant,
+    tls: Option<Arc<crate::listen::tls::Negotiated>>,
+    result: ResultCode,
+    termination: [u8; 2],
+    backend: Option<Arc<str>>,
+    server: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    upstream_local: Option<SocketAddr>,
+    queue: Option<Duration>,
+    connect: Option<Duration>,
+    retries: u32,
+    up: u64,
+    down: u64,
+    counts: Option<[u32; 6]>,
+}
+
+/// Writes the session's log record and counts the transaction.
+fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Facts) {
+    let listener = &cfg.listeners[session.listener];
+    let mut rec = Record::new(
+        session.accept_time,
+        session.client,
+        session.local,
+        listener.name.clone(),
+    );
+    rec.request_time = f.request_time;
+    rec.relayed = session.relayed.clone();
+    rec.tls = f.tls;
+    rec.method = http::Method::from_bytes(b"TCP").unwrap_or(http::Method::GET);
+    rec.uri = http::Uri::from_static("/");
+    rec.result = f.result;
+    rec.termination = f.termination;
+    rec.backend = f.backend;
+    rec.server = f.server;
+    rec.upstream = f.upstream;
+    rec.upstream_local = f.upstream_local;
+    rec.timers.queue = f.queue;
+    rec.timers.connect = f.connect;
+    rec.retries = f.retries;
+    rec.bytes_from_client = f.up;
+    rec.bytes_to_client = f.down;
+    rec.counts = f.counts;
+    rec.active = f.started.elapsed();
+    rec.total = session.accepted.elapsed();
+    crate::observe::counters::Counters::inc(&state.counters.transactions);
+    state.finish(cfg, &rec);
 }
 
 /// Serves one client connection of a `tcp` listener to its end.
@@ -36,23 +89,22 @@ pub async fn serve(
     early: Vec<u8>,
 ) {
     let listener = &cfg.listeners[session.listener];
-    let mut rec = Record::new(
-        session.accept_time,
-        session.client,
-        session.local,
-        listener.name.clone(),
-    );
-    rec.relayed = session.relayed.clone();
-    rec.tls = tls;
-    rec.method = http::Method::from_bytes(b"TCP").unwrap_or(http::Method::GET);
-    rec.uri = http::Uri::from_static("/");
-    rec.result = ResultCode::TcpTunnel;
-    let started = Instant::now();
-    let finish = |mut rec: Record| {
-        rec.active = started.elapsed();
-        rec.total = session.accepted.elapsed();
-        crate::observe::counters::Counters::inc(&state.counters.transactions);
-        state.finish(&cfg, &rec);
+    let mut f = Facts {
+        request_time: SystemTime::now(),
+        started: Instant::now(),
+        tls,
+        result: ResultCode::TcpTunnel,
+        termination: *b"--",
+        backend: None,
+        server: None,
+        upstream: None,
+        upstream_local: None,
+        queue: None,
+        connect: None,
+        retries: 0,
+        up: 0,
+        down: 0,
+        counts: None,
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),
@@ -63,91 +115,47 @@ pub async fn serve(
         user: None,
     };
     if !listener.access.check(&cfg.acls, &facts).is_allow() {
-        rec.result = ResultCode::TcpDenied;
-        rec.termination = *b"PR";
+        f.result = ResultCode::TcpDenied;
+        f.termination = *b"PR";
         crate::observe::counters::Counters::inc(&state.counters.denied);
-        finish(rec);
+        finish(&state, &cfg, &session, f);
         return;
     }
     let Some(backend) = listener.tcp_pool.and_then(|i| cfg.live.backends.get(i)).cloned() else {
-        rec.termination = *b"PR";
-        finish(rec);
+        f.termination = *b"PR";
+        finish(&state, &cfg, &session, f);
         return;
     };
-    rec.backend = Some(backend.cfg.name.clone());
-    let key = source_key(session.client.ip());
-    let mut exclude = Vec::new();
-    let mut queued = Duration::ZERO;
-    let timeout = cfg.timeouts.connect;
-    let (slot, server) = loop {
-        let slot = match backend.acquire(None, &key, &exclude).await {
-            Ok(s) => s,
-            Err((e, waited)) => {
-                queued += waited;
-                rec.timers.queue = Some(queued);
-                rec.termination = match e {
-                    NoServer::Down => *b"SC",
-                    NoServer::QueueFull | NoServer::QueueTimeout => *b"sQ",
-                };
-                tracing::debug!(client = %session.client, pool = %backend.cfg.name, "no server: {e:?}");
-                finish(rec);
-                return;
-            }
-        };
-        queued += slot.queued;
-        rec.timers.queue = Some(queued);
-        let s = slot.server();
-        rec.server = Some(s.cfg.name.clone());
-        rec.upstream = Some(s.cfg.addr);
-        let t0 = Instant::now();
-        match Box::pin(open(&backend, s.cfg.addr, &session, timeout)).await {
-            Ok(server) => {
-                rec.timers.connect = Some(t0.elapsed());
-                crate::observe::counters::Counters::inc(&state.counters.upstream_connects);
-                break (slot, server);
-            }
-            Err(why) => {
-                rec.timers.connect = Some(t0.elapsed());
-                if s.failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why) {
-                    tracing::warn!(pool = %backend.cfg.name, server = %s.cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
-                }
-                // nothing was sent: the next server is always safe to try
-                if rec.retries < backend.cfg.retries {
-                    s.tried_in_vain(crate::observe::figures::ErrorClass::Connect);
-                    rec.retries += 1;
-                    exclude.push(slot.server);
-                    continue;
-                }
-                rec.termination = *b"SC";
-                finish(rec);
-                return;
-            }
-        }
+    f.backend = Some(backend.cfg.name.clone());
+    // the connect phase's state is freed before the relay starts
+    let Some((slot, server)) = Box::pin(connect_to_server(&state, &cfg, &session, &backend, &mut f)).await else {
+        finish(&state, &cfg, &session, f);
+        return;
     };
     let idle = cfg.timeouts.tunnel_idle;
     let outcome = match (client, server) {
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
-            rec.upstream_local = s.local_addr().ok();
+            f.upstream_local = s.local_addr().ok();
             Box::pin(tunnel::relay(c, s, &early, idle, cfg.tunnel_relay)).await
         }
         (c, ServerStream::Plain(s)) => {
-            rec.upstream_local = s.local_addr().ok();
+            f.upstream_local = s.local_addr().ok();
             Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
         (c, ServerStream::Tls(s)) => {
-            rec.upstream_local = s.get_ref().0.local_addr().ok();
+            f.upstream_local = s.get_ref().0.local_addr().ok();
             Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
     };
-    rec.bytes_from_client = outcome.up;
-    rec.bytes_to_client = outcome.down;
-    rec.termination = match outcome.end {
+    f.up = outcome.up;
+    f.down = outcome.down;
+    f.termination = match outcome.end {
         End::Closed => *b"--",
         End::ClientError => *b"CD",
         End::ServerError => *b"SD",
         End::Idle => *b"cD",
     };
-    rec.counts = Some([
+    f.counts = Some([
         state.counters.active.load(std::sync::atomic::Ordering::Relaxed) as u32,
         cfg.listeners[session.listener]
             .stats
@@ -159,7 +167,66 @@ pub async fn serve(
         backend.queued.load(std::sync::atomic::Ordering::Relaxed),
     ]);
     drop(slot);
-    finish(rec);
+    finish(&state, &cfg, &session, f);
+}
+
+/// Takes a server slot (queueing when the pool is full) and connects,
+/// failing over to the next server when a connect fails; `None` when no
+/// server could be had (the termination state is set in `f`).
+async fn connect_to_server(
+    state: &State,
+    cfg: &crate::config::Config,
+    session: &Session,
+    backend: &Arc<crate::upstream::backend::Backend>,
+    f: &mut Facts,
+) -> Option<(Slot, ServerStream)> {
+    let key = source_key(session.client.ip());
+    let mut exclude = Vec::new();
+    let mut queued = Duration::ZERO;
+    let timeout = cfg.timeouts.connect;
+    loop {
+        let slot = match backend.acquire(None, &key, &exclude).await {
+            Ok(s) => s,
+            Err((e, waited)) => {
+                queued += waited;
+                f.queue = Some(queued);
+                f.termination = match e {
+                    NoServer::Down => *b"SC",
+                    NoServer::QueueFull | NoServer::QueueTimeout => *b"sQ",
+                };
+                tracing::debug!(client = %session.client, pool = %backend.cfg.name, "no server: {e:?}");
+                return None;
+            }
+        };
+        queued += slot.queued;
+        f.queue = Some(queued);
+        let s = slot.server();
+        f.server = Some(s.cfg.name.clone());
+        f.upstream = Some(s.cfg.addr);
+        let t0 = Instant::now();
+        match Box::pin(open(backend, s.cfg.addr, session, timeout)).await {
+            Ok(server) => {
+                f.connect = Some(t0.elapsed());
+                crate::observe::counters::Counters::inc(&state.counters.upstream_connects);
+                return Some((slot, server));
+            }
+            Err(why) => {
+                f.connect = Some(t0.elapsed());
+                if s.failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why) {
+                    tracing::warn!(pool = %backend.cfg.name, server = %s.cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
+                }
+                // nothing was sent: the next server is always safe to try
+                if f.retries < backend.cfg.retries {
+                    s.tried_in_vain(crate::observe::figures::ErrorClass::Connect);
+                    f.retries += 1;
+                    exclude.push(slot.server);
+                    continue;
+                }
+                f.termination = *b"SC";
+                return None;
+            }
+        }
+    }
 }
 
 /// A connection to a server: TCP, the PROXY header when the pool sends one,

@@ -57,36 +57,8 @@ impl Method {
 
 /// Relays between `client` and `server`; `initial` is what the client already
 /// sent past the CONNECT request, forwarded first.
-pub async fn relay(
-    client: TcpStream,
-    mut server: TcpStream,
-    initial: &[u8],
-    idle: Duration,
-    method: Method,
-) -> Outcome {
-    if !initial.is_empty() && server.write_all(initial).await.is_err() {
-        return Outcome {
-            up: 0,
-            down: 0,
-            end: End::ServerError,
-        };
-    }
-    let base = Instant::now();
-    let last = AtomicU64::new(0);
-    let up = AtomicU64::new(initial.len() as u64);
-    let down = AtomicU64::new(0);
-    let both = async {
-        tokio::join!(
-            pump::pump(&client, &server, method, &up, &last, base),
-            pump::pump(&server, &client, method, &down, &last, base)
-        )
-    };
-    let end = watch_idle(both, &last, base, idle).await;
-    Outcome {
-        up: up.load(Relaxed),
-        down: down.load(Relaxed),
-        end,
-    }
+pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration, method: Method) -> Outcome {
+    pump::relay(client, server, initial, idle, method).await
 }
 
 /// Runs both directions (client to server, server to client) until they end
