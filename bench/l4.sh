@@ -9,7 +9,9 @@
 #         to one dnsmasq;
 #   idle  RSS per idle connection: IDLE (5,000) clients each open a TCP
 #         connection through the relay, exchange one line with the backend
-#         and stay open; RSS after minus RSS before, divided by IDLE.
+#         and stay open; RSS with them minus RSS before, divided by IDLE,
+#         read once all have exchanged their line and again IDLE_WAIT (5) s
+#         later (sekisho parks sessions quiet for 1 s).
 #
 #   SEKISHO=target/release/sekisho bash bench/l4.sh
 #   RUNS=3 SECONDS_PER_RUN=10 IDLE=5000 bash bench/l4.sh
@@ -24,6 +26,7 @@ REPO=$(cd "$HERE/.." && pwd)
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 IDLE=${IDLE:-5000}
+IDLE_WAIT=${IDLE_WAIT:-5} # seconds between the two idle RSS readings
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NAME=l4
@@ -235,19 +238,21 @@ for t in sekisho haproxy nginx; do
     before=$(rss_kib "${ps[@]}")
     coproc IDLERS { taskset -c "$LOAD_CPU" python3 "$TMP/idle.py" "${HOLDP[$t]}" "$IDLE"; }
     read -r ready <&"${IDLERS[0]}" || die "idle clients failed for $t"
-    sleep 2
+    at_once=$(rss_kib "${ps[@]}")
+    sleep "$IDLE_WAIT"
     after=$(rss_kib "${ps[@]}")
     echo done >&"${IDLERS[1]}"
     wait "$IDLERS_PID" 2>/dev/null || true
-    printf 'idle\t%s\t%s\t%s\t0\n' "$t" "$before" "$after" >>"$RESULTS"
-    log "idle $t: RSS $before KiB -> $after KiB ($ready)"
+    printf 'idle\t%s\t%s\t%s\t%s\n' "$t" "$before" "$after" "$at_once" >>"$RESULTS"
+    log "idle $t: RSS $before KiB -> $at_once KiB at once, $after KiB after ${IDLE_WAIT}s ($ready)"
     sleep 1
 done
 
-python3 - "$RESULTS" "$IDLE" <<'EOF'
+python3 - "$RESULTS" "$IDLE" "$IDLE_WAIT" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 idle = int(sys.argv[2])
+wait = sys.argv[3]
 tcp = {}
 for kind, t, a, b, c in rows:
     if kind == "tcp":
@@ -273,10 +278,10 @@ print("| --- | --- | --- | --- |")
 q = {t: statistics.median(r[0] for r in rs) for t, rs in udp.items()}
 for t, rs in udp.items():
     print(f"| {t} | {q[t]:.0f} | {rs[-1][1]} | {q[t] / q.get('nginx', q[t]):.2f}x |")
-print(f"\nIdle connections ({idle}):\n")
-print("| relay | RSS before KiB | RSS with clients KiB | KiB per connection |")
-print("| --- | --- | --- | --- |")
+print(f"\nIdle connections ({idle}; RSS when the last one has exchanged its line, and {wait} s later):\n")
+print("| relay | RSS before KiB | RSS with clients KiB, at once / later | KiB per connection, at once | KiB per connection, later |")
+print("| --- | --- | --- | --- | --- |")
 for kind, t, a, b, c in rows:
     if kind == "idle":
-        print(f"| {t} | {a} | {b} | {(int(b) - int(a)) / idle:.2f} |")
+        print(f"| {t} | {a} | {c} / {b} | {(int(c) - int(a)) / idle:.2f} | {(int(b) - int(a)) / idle:.2f} |")
 EOF

@@ -408,9 +408,9 @@ pub async fn serve(
     cfg: Arc<Config>,
     mut session: Session,
     mut stream: TcpStream,
-    _open: crate::runtime::Open,
+    open: crate::runtime::Open,
 ) {
-    let _busy = state.busy();
+    let busy = state.busy();
     let prefix = if cfg.listeners[session.listener].proxy_protocol.is_some() {
         match Box::pin(proxy_handshake(&state, &cfg, &mut session, &mut stream)).await {
             Some(rest) => rest,
@@ -474,6 +474,11 @@ pub async fn serve(
     };
     if mode == Mode::Tcp {
         // bytes read past a PROXY header go to the server first
+        // the session's guards go with it: a parked session outlives this task
+        let guards = crate::front::tcp::Guards {
+            _open: open,
+            _busy: busy,
+        };
         Box::pin(crate::front::tcp::serve(
             state.clone(),
             cfg.clone(),
@@ -481,6 +486,7 @@ pub async fn serve(
             stream,
             tls,
             prefix,
+            guards,
         ))
         .await;
         return;

@@ -17,6 +17,8 @@ use crate::egress::connect;
 use crate::front::conn::ClientStream;
 use crate::listen::Session;
 use crate::observe::record::{Record, ResultCode};
+use crate::relay::park;
+use crate::relay::pump;
 use crate::relay::tunnel::{self, End};
 use crate::runtime::State;
 use crate::upstream::backend::{NoServer, Slot, source_key};
@@ -44,11 +46,10 @@ struct Facts {
     retries: u32,
     up: u64,
     down: u64,
-    counts: Option<[u32; 6]>,
 }
 
 /// Writes the session's log record and counts the transaction.
-fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Facts) {
+fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Facts, counts: Option<[u32; 6]>) {
     let listener = &cfg.listeners[session.listener];
     let mut rec = Record::new(
         session.accept_time,
@@ -72,14 +73,72 @@ fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Fact
     rec.retries = f.retries;
     rec.bytes_from_client = f.up;
     rec.bytes_to_client = f.down;
-    rec.counts = f.counts;
+    rec.counts = counts;
     rec.active = f.started.elapsed();
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.transactions);
     state.finish(cfg, &rec);
 }
 
+/// What keeps a connection counted (against `maxconn` and for the graceful
+/// shutdown) for as long as its session lasts, parked or not.
+pub struct Guards {
+    pub _open: crate::runtime::Open,
+    pub _busy: crate::runtime::Busy,
+}
+
+/// A `tcp` session between two plain sockets, while it is parked.
+pub struct Quiet {
+    cfg: Arc<crate::config::Config>,
+    session: Session,
+    slot: Slot,
+    kept: Kept,
+    _guards: Guards,
+}
+
+/// What a connected session keeps for its log record beyond its session and
+/// its slot (which name the pool, the server and its address).
+struct Kept {
+    request_time: SystemTime,
+    started: Instant,
+    tls: Option<Arc<crate::listen::tls::Negotiated>>,
+    upstream_local: Option<SocketAddr>,
+    queue: Option<Duration>,
+    connect: Option<Duration>,
+    retries: u32,
+    up: u64,
+    down: u64,
+}
+
+impl Quiet {
+    fn new(cfg: Arc<crate::config::Config>, session: Session, f: Facts, slot: Slot, guards: Guards) -> Quiet {
+        Quiet {
+            cfg,
+            session,
+            slot,
+            kept: Kept {
+                request_time: f.request_time,
+                started: f.started,
+                tls: f.tls,
+                upstream_local: f.upstream_local,
+                queue: f.queue,
+                connect: f.connect,
+                retries: f.retries,
+                up: f.up,
+                down: f.down,
+            },
+            _guards: guards,
+        }
+    }
+}
+
+/// A relay quiet for this long leaves the runtime (see `relay::park`); bytes
+/// or a close on either socket bring it back. Equal to the time after which
+/// a direction gives its bulk buffer back, so a parked session held none.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// Serves one client connection of a `tcp` listener to its end.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     state: Arc<State>,
     cfg: Arc<crate::config::Config>,
@@ -87,6 +146,7 @@ pub async fn serve(
     client: ClientStream,
     tls: Option<Arc<crate::listen::tls::Negotiated>>,
     early: Vec<u8>,
+    guards: Guards,
 ) {
     let listener = &cfg.listeners[session.listener];
     let mut f = Facts {
@@ -104,7 +164,6 @@ pub async fn serve(
         retries: 0,
         up: 0,
         down: 0,
-        counts: None,
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),
@@ -118,25 +177,27 @@ pub async fn serve(
         f.result = ResultCode::TcpDenied;
         f.termination = *b"PR";
         crate::observe::counters::Counters::inc(&state.counters.denied);
-        finish(&state, &cfg, &session, f);
+        finish(&state, &cfg, &session, f, None);
         return;
     }
     let Some(backend) = listener.tcp_pool.and_then(|i| cfg.live.backends.get(i)).cloned() else {
         f.termination = *b"PR";
-        finish(&state, &cfg, &session, f);
+        finish(&state, &cfg, &session, f, None);
         return;
     };
     f.backend = Some(backend.cfg.name.clone());
     // the connect phase's state is freed before the relay starts
     let Some((slot, server)) = Box::pin(connect_to_server(&state, &cfg, &session, &backend, &mut f)).await else {
-        finish(&state, &cfg, &session, f);
+        finish(&state, &cfg, &session, f, None);
         return;
     };
     let idle = cfg.timeouts.tunnel_idle;
     let outcome = match (client, server) {
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
             f.upstream_local = s.local_addr().ok();
-            Box::pin(tunnel::relay(c, s, &early, idle, cfg.tunnel_relay)).await
+            let quiet = Quiet::new(cfg, session, f, slot, guards);
+            Box::pin(relay_plain(state, quiet, c, s, &early, Instant::now())).await;
+            return;
         }
         (c, ServerStream::Plain(s)) => {
             f.upstream_local = s.local_addr().ok();
@@ -149,25 +210,119 @@ pub async fn serve(
     };
     f.up = outcome.up;
     f.down = outcome.down;
-    f.termination = match outcome.end {
-        End::Closed => *b"--",
-        End::ClientError => *b"CD",
-        End::ServerError => *b"SD",
-        End::Idle => *b"cD",
+    let q = Quiet::new(cfg, session, f, slot, guards);
+    end_session(&state, q, outcome.end);
+}
+
+/// Relays a session between two plain sockets; parks it when it goes quiet,
+/// or ends it and writes its log record.
+async fn relay_plain(state: Arc<State>, mut q: Quiet, c: TcpStream, s: TcpStream, early: &[u8], last: Instant) {
+    let idle = q.cfg.timeouts.tunnel_idle;
+    let park = state.parked.is_some().then_some(PARK_AFTER);
+    let outcome = match pump::relay_or_park(c, s, early, last, idle, q.cfg.tunnel_relay, park).await {
+        pump::Relayed::Ended(o) => o,
+        pump::Relayed::Quiet {
+            up,
+            down,
+            client,
+            server,
+            last,
+        } => {
+            q.kept.up += up;
+            q.kept.down += down;
+            let (Ok(client), Ok(server)) = (client.into_std(), server.into_std()) else {
+                // a socket the runtime would not let go of: end the session
+                end_session(&state, q, End::ServerError);
+                return;
+            };
+            let Some(lot) = &state.parked else { return };
+            let p = park::Parked {
+                client,
+                server,
+                deadline: last + idle,
+                state: q,
+            };
+            if let Err(p) = lot.park(p) {
+                // the kernel would not watch it: keep relaying here
+                resume(state.clone(), park::Back::Woken(p)).await;
+            }
+            return;
+        }
     };
-    f.counts = Some([
+    q.kept.up += outcome.up;
+    q.kept.down += outcome.down;
+    end_session(&state, q, outcome.end);
+}
+
+/// Writes a session's log record (its bytes already counted) and lets its slot go.
+fn end_session(state: &State, q: Quiet, end: End) {
+    let Quiet {
+        cfg,
+        session,
+        slot,
+        kept: k,
+        _guards,
+    } = q;
+    let backend = &slot.backend;
+    let server = slot.server();
+    let f = Facts {
+        request_time: k.request_time,
+        started: k.started,
+        tls: k.tls,
+        result: ResultCode::TcpTunnel,
+        termination: match end {
+            End::Closed => *b"--",
+            End::ClientError => *b"CD",
+            End::ServerError => *b"SD",
+            End::Idle => *b"cD",
+        },
+        backend: Some(backend.cfg.name.clone()),
+        server: Some(server.cfg.name.clone()),
+        upstream: Some(server.cfg.addr),
+        upstream_local: k.upstream_local,
+        queue: k.queue,
+        connect: k.connect,
+        retries: k.retries,
+        up: k.up,
+        down: k.down,
+    };
+    let counts = [
         state.counters.active.load(std::sync::atomic::Ordering::Relaxed) as u32,
         cfg.listeners[session.listener]
             .stats
             .current
             .load(std::sync::atomic::Ordering::Relaxed),
         backend.active.load(std::sync::atomic::Ordering::Relaxed),
-        slot.server().active.load(std::sync::atomic::Ordering::Relaxed),
+        server.active.load(std::sync::atomic::Ordering::Relaxed),
         0,
         backend.queued.load(std::sync::atomic::Ordering::Relaxed),
-    ]);
+    ];
     drop(slot);
-    finish(&state, &cfg, &session, f);
+    drop(_guards);
+    finish(state, &cfg, &session, f, Some(counts));
+}
+
+/// Gives a parked session back to the runtime: woken, it relays again (in a
+/// task of its own); expired, it ends as idle.
+pub async fn resume(state: Arc<State>, back: park::Back<Quiet>) {
+    let p = match back {
+        park::Back::Woken(p) => p,
+        park::Back::Expired(p) => {
+            end_session(&state, p.state, End::Idle);
+            return;
+        }
+    };
+    let (client, server) = match (TcpStream::from_std(p.client), TcpStream::from_std(p.server)) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("a parked tcp session could not be resumed: {e}");
+            end_session(&state, p.state, End::ServerError);
+            return;
+        }
+    };
+    // woken by bytes or a close: that counts as activity (and the runtime
+    // has yet to report the sockets' readiness, so no parking before it has)
+    Box::pin(relay_plain(state, p.state, client, server, &[], Instant::now())).await;
 }
 
 /// Takes a server slot (queueing when the pool is full) and connects,
@@ -260,5 +415,15 @@ async fn open(
         Ok(Ok(t)) => Ok(ServerStream::Tls(Box::new(t))),
         Ok(Err(e)) => Err(format!("TLS handshake with {addr} failed: {e}")),
         Err(_) => Err(format!("TLS handshake with {addr} timed out")),
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// A parked session is one table entry; what it costs is what an idle
+    /// `tcp` connection costs (328 bytes when written).
+    #[test]
+    fn a_parked_session_is_small() {
+        let size = std::mem::size_of::<Option<crate::relay::park::Parked<super::Quiet>>>();
+        assert!(size <= 384, "a parked session takes {size} bytes");
     }
 }

@@ -329,6 +329,7 @@ pub fn stats_json(state: &State, cfg: &Config, history: bool) -> Value {
         "open_connections": state.open_connections(),
         "maxconn": cfg.maxconn,
         "threads": tokio::runtime::Handle::current().metrics().num_workers(),
+        "parked": state.parked.as_ref().map_or(0, |l| l.len()),
         "history_interval_s": SAMPLE_EVERY.as_secs(),
         "actions": cfg.admin.as_ref().is_some_and(|a| a.actions_token.is_some()),
     }));

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod park;
 pub mod pool;
 pub mod pump;
 pub mod splice;

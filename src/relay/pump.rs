@@ -227,20 +227,68 @@ impl Dir {
     }
 }
 
+/// How [`relay_or_park`] stopped.
+pub enum Relayed {
+    Ended(Outcome),
+    /// Nothing moved for the parking time, no bytes wait and neither side
+    /// has closed: the caller may take the tunnel out of the runtime.
+    Quiet {
+        up: u64,
+        down: u64,
+        client: TcpStream,
+        server: TcpStream,
+        /// When bytes last moved.
+        last: Instant,
+    },
+}
+
 /// Relays between `client` and `server` until each side has closed its
 /// half, a side fails, or nothing moved for `idle`; `initial` (what the
 /// client sent past its request) goes to the server first.
 pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: Duration, method: Method) -> Outcome {
+    match relay_or_park(client, server, initial, Instant::now(), idle, method, None).await {
+        Relayed::Ended(o) => o,
+        // not asked to park: cannot happen
+        Relayed::Quiet { up, down, .. } => Outcome {
+            up,
+            down,
+            end: End::Idle,
+        },
+    }
+}
+
+/// [`relay`], counting idleness from `last`, and stopping once the tunnel
+/// has been quiet for `park_after` when that is given.
+pub async fn relay_or_park(
+    client: TcpStream,
+    server: TcpStream,
+    initial: &[u8],
+    mut last: Instant,
+    idle: Duration,
+    method: Method,
+    park_after: Option<Duration>,
+) -> Relayed {
     let start = Instant::now();
     let mut up = Dir::new(start);
     if !initial.is_empty() {
         up.pending = Pending::Spill(initial.to_vec(), 0);
     }
     let mut down = Dir::new(start);
-    let mut last = start;
-    let sleep = tokio::time::sleep(idle);
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(last + idle));
     tokio::pin!(sleep);
     let mut down_first = false;
+    // when to look at the tunnel again: its idle end, a bulk buffer to give
+    // back, the time to park
+    let wake_at = |up: &Dir, down: &Dir, last: Instant, now: Instant| {
+        let park = park_after.filter(|_| !up.ended && !down.ended).map(|p| {
+            let at = last + p;
+            if at > now { at } else { now + p }
+        });
+        [up.release_at(now), down.release_at(now), park]
+            .into_iter()
+            .flatten()
+            .fold(last + idle, Instant::min)
+    };
     let end = std::future::poll_fn(|cx| {
         let mut moved = [false; 2];
         // alternate which direction goes first, so neither starves the other
@@ -256,13 +304,13 @@ pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: D
             // reading from or writing to the client failed
             (Poll::Ready(Err(Failed::Read(e))), _) | (_, Poll::Ready(Err(Failed::Write(e)))) => {
                 tracing::debug!("tunnel: client side: {e}");
-                return Poll::Ready(End::ClientError);
+                return Poll::Ready(Some(End::ClientError));
             }
             (Poll::Ready(Err(Failed::Write(e))), _) | (_, Poll::Ready(Err(Failed::Read(e)))) => {
                 tracing::debug!("tunnel: server side: {e}");
-                return Poll::Ready(End::ServerError);
+                return Poll::Ready(Some(End::ServerError));
             }
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Some(End::Closed)),
             _ => {}
         }
         if moved[0] || moved[1] {
@@ -275,35 +323,46 @@ pub async fn relay(client: TcpStream, server: TcpStream, initial: &[u8], idle: D
         }
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
-                // armed: it must fire by the time a bulk buffer is to be given back
-                let release = [up.release_at(last), down.release_at(last)].into_iter().flatten().min();
-                match release.map(tokio::time::Instant::from_std) {
-                    Some(t) if t < sleep.deadline() => sleep.as_mut().reset(t),
-                    _ => return Poll::Pending,
+                // armed: it must fire by the next thing to look at
+                let t = tokio::time::Instant::from_std(wake_at(&up, &down, last, last));
+                if t < sleep.deadline() {
+                    sleep.as_mut().reset(t);
+                    continue;
                 }
-                continue;
+                return Poll::Pending;
             }
             let now = Instant::now();
             if now >= last + idle {
-                return Poll::Ready(End::Idle);
+                return Poll::Ready(Some(End::Idle));
             }
             for d in [&mut up, &mut down] {
                 if d.bulk.is_some() && matches!(d.pending, Pending::None) && now >= d.last + BULK_IDLE {
                     d.bulk = None;
                 }
             }
-            let next = [up.release_at(now), down.release_at(now)]
-                .into_iter()
-                .flatten()
-                .fold(last + idle, Instant::min);
-            sleep.as_mut().reset(tokio::time::Instant::from_std(next));
+            let quiet = |d: &Dir| d.bulk.is_none() && matches!(d.pending, Pending::None) && !d.ended;
+            if park_after.is_some_and(|p| now >= last + p) && quiet(&up) && quiet(&down) {
+                return Poll::Ready(None);
+            }
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(wake_at(&up, &down, last, now)));
         }
     })
     .await;
-    Outcome {
-        up: up.moved,
-        down: down.moved,
-        end,
+    match end {
+        Some(end) => Relayed::Ended(Outcome {
+            up: up.moved,
+            down: down.moved,
+            end,
+        }),
+        None => Relayed::Quiet {
+            up: up.moved,
+            down: down.moved,
+            client,
+            server,
+            last,
+        },
     }
 }
 

@@ -136,6 +136,9 @@ pub struct State {
     reloading: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     drained: Notify,
+    /// Quiet `tcp` sessions taken out of the runtime (none when the kernel
+    /// gave no epoll set: sessions then stay in their tasks).
+    pub parked: Option<crate::relay::park::Lot<crate::front::tcp::Quiet>>,
 }
 
 /// Held by every client connection and tunnel; the shutdown waits for the
@@ -193,6 +196,9 @@ impl State {
             reloading: tokio::sync::Mutex::new(()),
             shutdown,
             drained: Notify::new(),
+            parked: crate::relay::park::Lot::new()
+                .inspect_err(|e| tracing::warn!("quiet tcp sessions stay in their tasks: epoll: {e}"))
+                .ok(),
         })
     }
 
@@ -735,6 +741,15 @@ async fn start_and_wait(mut cfg: Config, start: Start) -> Result<Arc<State>, Str
     }
     tokio::spawn(reopen_on_sigusr1(state.clone(), usr1));
     tokio::spawn(crate::observe::stats::sample_loop(state.clone()));
+    let parker = state.clone();
+    tokio::spawn(async move {
+        if let Some(lot) = &parker.parked {
+            lot.run(|back| {
+                tokio::spawn(crate::front::tcp::resume(parker.clone(), back));
+            })
+            .await;
+        }
+    });
     let sweeper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));

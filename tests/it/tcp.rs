@@ -186,3 +186,76 @@ fn tcp_proxy_header_and_tls_termination_in_front() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("beta\n") && text.contains("over tls"), "{text}");
 }
+
+/// `parked` from `/stats.json`.
+fn parked(p: &Sekisho) -> u64 {
+    let (code, body) = p.admin_get("/stats.json?history=0");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["parked"].as_u64().unwrap()
+}
+
+/// Waits up to 3 s for `parked` to become `n`.
+fn wait_parked(p: &Sekisho, n: u64) -> u64 {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = parked(p);
+        if now == n || Instant::now() > until {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_exactly(s: &mut TcpStream, n: usize) -> String {
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b).unwrap();
+    String::from_utf8_lossy(&b).to_string()
+}
+
+#[test]
+fn a_quiet_session_leaves_its_task_and_comes_back_on_bytes_close_or_idle_end() {
+    let (a, _) = service("alpha", false);
+    let cfg = tcp_config(&[a], "", "") + "[admin]\nbind = \"127.0.0.1:{ADMIN}\"\n[timeouts]\ntunnel_idle = \"4s\"\n";
+    let p = start(&cfg);
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_exactly(&mut s, 6), "alpha\n");
+    s.write_all(b"one\n").unwrap();
+    assert_eq!(read_exactly(&mut s, 4), "one\n");
+    assert_eq!(parked(&p), 0, "a session that just moved bytes is not parked");
+    assert_eq!(wait_parked(&p, 1), 1, "quiet for a second: parked");
+    // bytes from the client wake it
+    s.write_all(b"two\n").unwrap();
+    assert_eq!(read_exactly(&mut s, 4), "two\n");
+    assert_eq!(wait_parked(&p, 0), 0, "woken: back in a task");
+    assert_eq!(wait_parked(&p, 1), 1, "quiet again: parked again");
+    // a half-close wakes it too, and passes on: the service sees EOF and closes
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // one record for the whole session, its bytes counted across the parking
+    let lines = log_lines(&p, 2);
+    let line = lines
+        .iter()
+        .find(|l| l.split(' ').nth(5) == Some("14"))
+        .unwrap_or_else(|| panic!("a record with the 14 bytes sent to the client: {lines:?}"));
+    assert_eq!(line.split(' ').nth(6), Some("--"), "{line}");
+
+    // a parked session still ends at tunnel_idle, and is logged as such
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_exactly(&mut s, 6), "alpha\n");
+    assert_eq!(wait_parked(&p, 1), 1);
+    let t0 = Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "closed by the proxy at tunnel_idle");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert_eq!(parked(&p), 0);
+    let lines = log_lines(&p, 3);
+    assert!(
+        lines.iter().any(|l| l.split(' ').nth(6) == Some("cD")),
+        "the idle end is logged: {lines:?}"
+    );
+}
