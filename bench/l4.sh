@@ -193,31 +193,8 @@ rss_kib() { # summed RSS of PIDS
 RESULTS=$TMP/results
 : >"$RESULTS"
 
-log "tcp: iperf3 for ${SECONDS_PER_RUN}s per run"
-for ((run = 1; run <= RUNS; run++)); do
-    for t in sekisho sekisho-splice haproxy nginx; do
-        read -ra ps <<<"$(pids_of "$t")"
-        c0=$(ticks "${ps[@]}")
-        out=$(taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "${TCP[$t]}" -t "$SECONDS_PER_RUN" -J)
-        c1=$(ticks "${ps[@]}")
-        read -r bps bytes <<<"$(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"], e["bytes"])' <<<"$out")"
-        printf 'tcp\t%s\t%s\t%s\t%s\n' "$t" "$bps" "$bytes" $((c1 - c0)) >>"$RESULTS"
-        log "tcp $t run $run: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s, relay ticks $((c1 - c0))"
-    done
-done
-
-log "udp: dnsperf for ${SECONDS_PER_RUN}s per run"
-python3 -c 'import sys; [print(f"host{i}.example A") for i in range(1000)]' >"$TMP/queries"
-for ((run = 1; run <= RUNS; run++)); do
-    for t in sekisho nginx; do
-        out=$(taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "${UDP[$t]}" -d "$TMP/queries" -l "$SECONDS_PER_RUN" -c 20 -q 200 -t 2 2>&1)
-        qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
-        lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
-        printf 'udp\t%s\t%s\t%s\t0\n' "$t" "${qps:-0}" "${lost:-?}" >>"$RESULTS"
-        log "udp $t run $run: ${qps:-?} qps, lost ${lost:-?}"
-    done
-done
-
+# idle first: each relay's "before" is its fresh process, untouched by the
+# heap the throughput runs leave behind
 log "idle: $IDLE connections per relay"
 cat >"$TMP/idle.py" <<'EOF'
 import socket, sys, time
@@ -246,6 +223,31 @@ for t in sekisho haproxy nginx; do
     printf 'idle\t%s\t%s\t%s\t%s\n' "$t" "$before" "$after" "$at_once" >>"$RESULTS"
     log "idle $t: RSS $before KiB -> $at_once KiB at once, $after KiB after ${IDLE_WAIT}s ($ready)"
     sleep 1
+done
+
+log "tcp: iperf3 for ${SECONDS_PER_RUN}s per run"
+for ((run = 1; run <= RUNS; run++)); do
+    for t in sekisho sekisho-splice haproxy nginx; do
+        read -ra ps <<<"$(pids_of "$t")"
+        c0=$(ticks "${ps[@]}")
+        out=$(taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "${TCP[$t]}" -t "$SECONDS_PER_RUN" -J)
+        c1=$(ticks "${ps[@]}")
+        read -r bps bytes <<<"$(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"], e["bytes"])' <<<"$out")"
+        printf 'tcp\t%s\t%s\t%s\t%s\n' "$t" "$bps" "$bytes" $((c1 - c0)) >>"$RESULTS"
+        log "tcp $t run $run: $(awk -v b="$bps" 'BEGIN{printf "%.2f", b/1e9}') Gbit/s, relay ticks $((c1 - c0))"
+    done
+done
+
+log "udp: dnsperf for ${SECONDS_PER_RUN}s per run"
+python3 -c 'import sys; [print(f"host{i}.example A") for i in range(1000)]' >"$TMP/queries"
+for ((run = 1; run <= RUNS; run++)); do
+    for t in sekisho nginx; do
+        out=$(taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "${UDP[$t]}" -d "$TMP/queries" -l "$SECONDS_PER_RUN" -c 20 -q 200 -t 2 2>&1)
+        qps=$(awk '/Queries per second/ {print $4}' <<<"$out")
+        lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
+        printf 'udp\t%s\t%s\t%s\t0\n' "$t" "${qps:-0}" "${lost:-?}" >>"$RESULTS"
+        log "udp $t run $run: ${qps:-?} qps, lost ${lost:-?}"
+    done
 done
 
 python3 - "$RESULTS" "$IDLE" "$IDLE_WAIT" <<'EOF'
