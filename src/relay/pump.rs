@@ -313,7 +313,8 @@ pub async fn relay_or_park(
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Some(End::Closed)),
             _ => {}
         }
-        if moved[0] || moved[1] {
+        let mut moved_now = moved[0] || moved[1];
+        if moved_now {
             last = Instant::now();
             for (d, m) in [(&mut up, moved[0]), (&mut down, moved[1])] {
                 if m {
@@ -323,11 +324,16 @@ pub async fn relay_or_park(
         }
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
-                // armed: it must fire by the next thing to look at
-                let t = tokio::time::Instant::from_std(wake_at(&up, &down, last, last));
-                if t < sleep.deadline() {
-                    sleep.as_mut().reset(t);
-                    continue;
+                // armed. Bytes that just moved (`last` is now) may call for
+                // an earlier look: a bulk buffer taken, a time to park.
+                // Without movement the deadline set when it last fired holds.
+                if moved_now {
+                    moved_now = false;
+                    let t = tokio::time::Instant::from_std(wake_at(&up, &down, last, last));
+                    if t < sleep.deadline() {
+                        sleep.as_mut().reset(t);
+                        continue;
+                    }
                 }
                 return Poll::Pending;
             }
@@ -434,6 +440,63 @@ mod tests {
                 assert_eq!(out.down, down.len() as u64, "{method:?}");
             });
         }
+    }
+
+    /// The server stops reading for 2.5 s while bulk waits in the relay's
+    /// buffer: the relay waits too (it neither spins nor gives the buffer
+    /// back with bytes in it), then delivers everything. Run on a thread of
+    /// its own, so that a relay spinning in its poll fails the test instead
+    /// of hanging it.
+    #[test]
+    fn a_destination_stalled_for_seconds_is_waited_for() {
+        for method in [Method::Copy(Method::BUFFER), Method::Splice] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let cpu0 = thread_cpu();
+                let r = rt.block_on(async move {
+                    let (mut client, client_end) = pair().await;
+                    let (mut server, server_end) = pair().await;
+                    let relay = tokio::spawn(relay(client_end, server_end, b"", Duration::from_secs(30), method));
+                    let sent = pattern(16 << 20, 3);
+                    let expect = sent.clone();
+                    let writer = tokio::spawn(async move {
+                        client.write_all(&sent).await.unwrap();
+                        client.shutdown().await.unwrap();
+                        client
+                    });
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    let mut got = Vec::new();
+                    server.read_to_end(&mut got).await.unwrap();
+                    drop(server);
+                    drop(writer.await.unwrap());
+                    (got == expect, relay.await.unwrap())
+                });
+                let _ = tx.send((r.0, r.1, thread_cpu() - cpu0));
+            });
+            let (intact, out, cpu) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{method:?}: the relay never let the stalled reader run"));
+            assert!(intact, "{method:?}: bytes intact");
+            assert_eq!(out.up, 16 << 20, "{method:?}");
+            // moving 16 MiB takes milliseconds; a relay that kept waking
+            // itself during the stall would burn most of the 2.5 s
+            assert!(
+                cpu < Duration::from_millis(800),
+                "{method:?}: {cpu:?} of CPU while waiting"
+            );
+        }
+    }
+
+    /// CPU time of the calling thread.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 
     /// Nothing moves for the idle time: the tunnel ends as idle, and a
