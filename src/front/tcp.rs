@@ -218,40 +218,58 @@ pub async fn serve(
 /// or ends it and writes its log record.
 async fn relay_plain(state: Arc<State>, mut q: Quiet, c: TcpStream, s: TcpStream, early: &[u8], last: Instant) {
     let idle = q.cfg.timeouts.tunnel_idle;
-    let park = state.parked.is_some().then_some(PARK_AFTER);
-    let outcome = match pump::relay_or_park(c, s, early, last, idle, q.cfg.tunnel_relay, park).await {
-        pump::Relayed::Ended(o) => o,
-        pump::Relayed::Quiet {
-            up,
-            down,
+    let mut park = state.parked.as_ref().map(|_| PARK_AFTER);
+    let (mut c, mut s, mut early, mut last) = (c, s, early, last);
+    loop {
+        let (up, down, client, server, quiet_since) =
+            match pump::relay_or_park(c, s, early, last, idle, q.cfg.tunnel_relay, park).await {
+                pump::Relayed::Ended(o) => {
+                    q.kept.up += o.up;
+                    q.kept.down += o.down;
+                    end_session(&state, q, o.end);
+                    return;
+                }
+                pump::Relayed::Quiet {
+                    up,
+                    down,
+                    client,
+                    server,
+                    last,
+                } => (up, down, client, server, last),
+            };
+        q.kept.up += up;
+        q.kept.down += down;
+        let (Ok(client), Ok(server)) = (client.into_std(), server.into_std()) else {
+            // a socket the runtime would not let go of: end the session
+            end_session(&state, q, End::ServerError);
+            return;
+        };
+        let Some(lot) = &state.parked else {
+            end_session(&state, q, End::ServerError);
+            return;
+        };
+        let p = park::Parked {
             client,
             server,
-            last,
-        } => {
-            q.kept.up += up;
-            q.kept.down += down;
-            let (Ok(client), Ok(server)) = (client.into_std(), server.into_std()) else {
-                // a socket the runtime would not let go of: end the session
+            deadline: quiet_since + idle,
+            state: q,
+        };
+        let Err(p) = lot.park(p) else { return };
+        // not parked (the kernel would not watch the sockets, or the lot
+        // stopped): relay on in this task, and do not try again
+        q = p.state;
+        match (TcpStream::from_std(p.client), TcpStream::from_std(p.server)) {
+            (Ok(client), Ok(server)) => (c, s) = (client, server),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("a tcp session could not go back to the runtime: {e}");
                 end_session(&state, q, End::ServerError);
                 return;
-            };
-            let Some(lot) = &state.parked else { return };
-            let p = park::Parked {
-                client,
-                server,
-                deadline: last + idle,
-                state: q,
-            };
-            if let Err(p) = lot.park(p) {
-                // the kernel would not watch it: keep relaying here
-                resume(state.clone(), park::Back::Woken(p)).await;
             }
-            return;
         }
-    };
-    q.kept.up += outcome.up;
-    q.kept.down += outcome.down;
-    end_session(&state, q, outcome.end);
+        park = None;
+        early = &[];
+        last = quiet_since;
+    }
 }
 
 /// Writes a session's log record (its bytes already counted) and lets its slot go.
@@ -298,8 +316,9 @@ fn end_session(state: &State, q: Quiet, end: End) {
         backend.queued.load(std::sync::atomic::Ordering::Relaxed),
     ];
     drop(slot);
-    drop(_guards);
     finish(state, &cfg, &session, f, Some(counts));
+    // counted until its record is written: the shutdown waits for both
+    drop(_guards);
 }
 
 /// Gives a parked session back to the runtime: woken, it relays again (in a

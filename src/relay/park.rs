@@ -9,7 +9,7 @@ use std::io;
 use std::net::TcpStream as StdTcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
@@ -36,10 +36,17 @@ pub struct Lot<T> {
     slots: Mutex<Table<T>>,
     /// Tunnels parked since the last look (for giving freed memory back).
     parked_since: AtomicU64,
+    /// False once [`Lot::run`] has stopped: nothing would wake a tunnel then.
+    running: AtomicBool,
+    /// What deadlines count from.
+    base: Instant,
 }
 
 struct Table<T> {
     slots: Vec<Slot<T>>,
+    /// Each slot's deadline in milliseconds since `base` (`u64::MAX` when
+    /// empty): the expiry sweep reads 8 bytes per slot, not the slots.
+    deadlines: Vec<u64>,
     free: Vec<u32>,
     len: usize,
 }
@@ -73,16 +80,19 @@ impl<T> Lot<T> {
             epoll,
             slots: Mutex::new(Table {
                 slots: Vec::new(),
+                deadlines: Vec::new(),
                 free: Vec::new(),
                 len: 0,
             }),
             parked_since: AtomicU64::new(0),
+            running: AtomicBool::new(true),
+            base: Instant::now(),
         })
     }
 
     /// Tunnels parked now.
     pub fn len(&self) -> usize {
-        self.slots.lock().map(|t| t.len).unwrap_or(0)
+        self.table().len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,7 +114,11 @@ impl<T> Lot<T> {
     /// Parks a tunnel; it comes back through [`Lot::run`]. On failure (the
     /// kernel refused to watch a socket) the tunnel is handed back.
     pub fn park(&self, p: Parked<T>) -> Result<(), Parked<T>> {
-        let Ok(mut t) = self.slots.lock() else { return Err(p) };
+        let mut t = self.table();
+        // read under the lock: `hand_all_back` stops the lot under it too
+        if !self.running.load(Relaxed) {
+            return Err(p);
+        }
         let index = match t.free.pop() {
             Some(i) => i,
             None => {
@@ -112,6 +126,7 @@ impl<T> Lot<T> {
                     generation: 0,
                     parked: None,
                 });
+                t.deadlines.push(u64::MAX);
                 (t.slots.len() - 1) as u32
             }
         };
@@ -128,10 +143,31 @@ impl<T> Lot<T> {
             t.free.push(index);
             return Err(p);
         }
+        t.deadlines[index as usize] = p.deadline.saturating_duration_since(self.base).as_millis() as u64;
         t.slots[index as usize].parked = Some(p);
         t.len += 1;
         self.parked_since.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// The table; a panic elsewhere while it was held leaves it consistent
+    /// (every change is one step), so a poisoned lock is taken as it is.
+    fn table(&self) -> std::sync::MutexGuard<'_, Table<T>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops parking and hands every parked tunnel back as woken.
+    fn hand_all_back(&self, back: &impl Fn(Back<T>)) {
+        let all: Vec<Parked<T>> = {
+            let mut t = self.table();
+            self.running.store(false, Relaxed);
+            (0..t.slots.len() as u32)
+                .filter_map(|i| Self::take(&mut t, self, i, None))
+                .collect()
+        };
+        for p in all {
+            back(Back::Woken(p));
+        }
     }
 
     /// Takes a tunnel out of the table and its sockets out of the epoll set.
@@ -141,6 +177,7 @@ impl<T> Lot<T> {
             return None;
         }
         let p = slot.parked.take()?;
+        t.deadlines[index as usize] = u64::MAX;
         let _ = lot.ctl(libc::EPOLL_CTL_DEL, &p.client, 0);
         let _ = lot.ctl(libc::EPOLL_CTL_DEL, &p.server, 0);
         t.free.push(index);
@@ -152,6 +189,14 @@ impl<T> Lot<T> {
     /// Memory freed by parking is given back to the system once parking
     /// pauses (glibc keeps freed heap pages otherwise).
     pub async fn run(&self, back: impl Fn(Back<T>)) {
+        /// Marks the lot stopped however `run` ends.
+        struct Stopped<'a>(&'a AtomicBool);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Relaxed);
+            }
+        }
+        let _stopped = Stopped(&self.running);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
@@ -160,7 +205,11 @@ impl<T> Lot<T> {
         loop {
             tokio::select! {
                 guard = self.epoll.readable() => {
-                    let Ok(mut guard) = guard else { return };
+                    let Ok(mut guard) = guard else {
+                        tracing::error!("parked tunnels: the epoll set failed; no longer parking");
+                        self.hand_all_back(&back);
+                        return;
+                    };
                     loop {
                         let got = guard.try_io(|fd| {
                             // SAFETY: epoll_wait fills at most `events.len()` entries.
@@ -177,13 +226,14 @@ impl<T> Lot<T> {
                             Ok(Ok(n)) => n,
                             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                             Ok(Err(e)) => {
-                                tracing::warn!("parked tunnels: epoll_wait: {e}");
-                                break;
+                                tracing::error!("parked tunnels: epoll_wait: {e}; no longer parking");
+                                self.hand_all_back(&back);
+                                return;
                             }
                             Err(_would_block) => break,
                         };
                         let woken: Vec<Parked<T>> = {
-                            let Ok(mut t) = self.slots.lock() else { return };
+                            let mut t = self.table();
                             events[..n]
                                 .iter()
                                 .filter_map(|e| {
@@ -198,14 +248,14 @@ impl<T> Lot<T> {
                     }
                 }
                 _ = tick.tick() => {
-                    let now = Instant::now();
+                    let now = self.base.elapsed().as_millis() as u64;
                     let expired: Vec<Parked<T>> = {
-                        let Ok(mut t) = self.slots.lock() else { return };
+                        let mut t = self.table();
                         let due: Vec<u32> = t
-                            .slots
+                            .deadlines
                             .iter()
                             .enumerate()
-                            .filter(|(_, s)| s.parked.as_ref().is_some_and(|p| p.deadline <= now))
+                            .filter(|&(_, &d)| d <= now)
                             .map(|(i, _)| i as u32)
                             .collect();
                         due.into_iter().filter_map(|i| Self::take(&mut t, self, i, None)).collect()
@@ -219,7 +269,8 @@ impl<T> Lot<T> {
                         last_seen = seen;
                     } else if seen != trimmed {
                         trimmed = seen;
-                        trim();
+                        // it walks the heap: not on a thread that serves connections
+                        tokio::task::spawn_blocking(trim);
                     }
                 }
             }

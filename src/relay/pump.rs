@@ -274,8 +274,6 @@ pub async fn relay_or_park(
         up.pending = Pending::Spill(initial.to_vec(), 0);
     }
     let mut down = Dir::new(start);
-    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(last + idle));
-    tokio::pin!(sleep);
     let mut down_first = false;
     // when to look at the tunnel again: its idle end, a bulk buffer to give
     // back, the time to park
@@ -289,6 +287,10 @@ pub async fn relay_or_park(
             .flatten()
             .fold(last + idle, Instant::min)
     };
+    // the first look comes by the time to park too: a tunnel where nothing
+    // ever moves is parked like one that went quiet
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at(&up, &down, last, start)));
+    tokio::pin!(sleep);
     let end = std::future::poll_fn(|cx| {
         let mut moved = [false; 2];
         // alternate which direction goes first, so neither starves the other

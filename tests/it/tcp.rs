@@ -259,3 +259,36 @@ fn a_quiet_session_leaves_its_task_and_comes_back_on_bytes_close_or_idle_end() {
         "the idle end is logged: {lines:?}"
     );
 }
+
+#[test]
+fn a_session_where_nothing_ever_moves_is_parked_too() {
+    // a server that accepts and says nothing until told to close
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (close, closed) = std::sync::mpsc::channel::<()>();
+    let _held = std::thread::spawn(move || {
+        // the harness's readiness probe, then the test's connection
+        let conns: Vec<_> = l.incoming().take(2).collect();
+        let _ = closed.recv_timeout(Duration::from_secs(20));
+        drop(conns);
+    });
+    let cfg = tcp_config(&[port], "", "") + "[admin]\nbind = \"127.0.0.1:{ADMIN}\"\n";
+    let p = start(&cfg);
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(wait_parked(&p, 1), 1, "silent both ways for a second: parked");
+    // the client's half-close wakes it and is passed on; the server's close ends it
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(wait_parked(&p, 0), 0, "woken by the client's close");
+    close.send(()).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let lines = log_lines(&p, 2);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split(' ').nth(5) == Some("0") && l.split(' ').nth(6) == Some("--")),
+        "one record, nothing sent to the client, ended by both closes: {lines:?}"
+    );
+}
