@@ -29,23 +29,15 @@ enum ServerStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// What a TCP session's log record holds beyond its [`Session`], kept small
-/// while the session is open; the record is built when it ends.
+/// What a TCP session's log record holds beyond its [`Session`]; the
+/// record is built when the session ends.
 struct Facts {
-    request_time: SystemTime,
-    started: Instant,
-    tls: Option<Arc<crate::listen::tls::Negotiated>>,
+    kept: Kept,
     result: ResultCode,
     termination: [u8; 2],
     backend: Option<Arc<str>>,
     server: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
-    upstream_local: Option<SocketAddr>,
-    queue: Option<Duration>,
-    connect: Option<Duration>,
-    retries: u32,
-    up: u64,
-    down: u64,
 }
 
 /// Writes the session's log record and counts the transaction.
@@ -57,9 +49,9 @@ fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Fact
         session.local,
         listener.name.clone(),
     );
-    rec.request_time = f.request_time;
+    rec.request_time = f.kept.request_time;
     rec.relayed = session.relayed.clone();
-    rec.tls = f.tls;
+    rec.tls = f.kept.tls;
     rec.method = http::Method::from_bytes(b"TCP").unwrap_or(http::Method::GET);
     rec.uri = http::Uri::from_static("/");
     rec.result = f.result;
@@ -67,14 +59,14 @@ fn finish(state: &State, cfg: &crate::config::Config, session: &Session, f: Fact
     rec.backend = f.backend;
     rec.server = f.server;
     rec.upstream = f.upstream;
-    rec.upstream_local = f.upstream_local;
-    rec.timers.queue = f.queue;
-    rec.timers.connect = f.connect;
-    rec.retries = f.retries;
-    rec.bytes_from_client = f.up;
-    rec.bytes_to_client = f.down;
+    rec.upstream_local = f.kept.upstream_local;
+    rec.timers.queue = f.kept.queue;
+    rec.timers.connect = f.kept.connect;
+    rec.retries = f.kept.retries;
+    rec.bytes_from_client = f.kept.up;
+    rec.bytes_to_client = f.kept.down;
     rec.counts = counts;
-    rec.active = f.started.elapsed();
+    rec.active = f.kept.started.elapsed();
     rec.total = session.accepted.elapsed();
     crate::observe::counters::Counters::inc(&state.counters.transactions);
     state.finish(cfg, &rec);
@@ -116,17 +108,7 @@ impl Quiet {
             cfg,
             session,
             slot,
-            kept: Kept {
-                request_time: f.request_time,
-                started: f.started,
-                tls: f.tls,
-                upstream_local: f.upstream_local,
-                queue: f.queue,
-                connect: f.connect,
-                retries: f.retries,
-                up: f.up,
-                down: f.down,
-            },
+            kept: f.kept,
             _guards: guards,
         }
     }
@@ -150,20 +132,22 @@ pub async fn serve(
 ) {
     let listener = &cfg.listeners[session.listener];
     let mut f = Facts {
-        request_time: SystemTime::now(),
-        started: Instant::now(),
-        tls,
+        kept: Kept {
+            request_time: SystemTime::now(),
+            started: Instant::now(),
+            tls,
+            upstream_local: None,
+            queue: None,
+            connect: None,
+            retries: 0,
+            up: 0,
+            down: 0,
+        },
         result: ResultCode::TcpTunnel,
         termination: *b"--",
         backend: None,
         server: None,
         upstream: None,
-        upstream_local: None,
-        queue: None,
-        connect: None,
-        retries: 0,
-        up: 0,
-        down: 0,
     };
     let facts = crate::policy::acl::Facts {
         src: session.client.ip(),
@@ -194,22 +178,22 @@ pub async fn serve(
     let idle = cfg.timeouts.tunnel_idle;
     let outcome = match (client, server) {
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
-            f.upstream_local = s.local_addr().ok();
+            f.kept.upstream_local = s.local_addr().ok();
             let quiet = Quiet::new(cfg, session, f, slot, guards);
             Box::pin(relay_plain(state, quiet, c, s, &early, Instant::now())).await;
             return;
         }
         (c, ServerStream::Plain(s)) => {
-            f.upstream_local = s.local_addr().ok();
+            f.kept.upstream_local = s.local_addr().ok();
             Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
         (c, ServerStream::Tls(s)) => {
-            f.upstream_local = s.get_ref().0.local_addr().ok();
+            f.kept.upstream_local = s.get_ref().0.local_addr().ok();
             Box::pin(tunnel::relay_io(c, s, &early, idle)).await
         }
     };
-    f.up = outcome.up;
-    f.down = outcome.down;
+    f.kept.up = outcome.up;
+    f.kept.down = outcome.down;
     let q = Quiet::new(cfg, session, f, slot, guards);
     end_session(&state, q, outcome.end);
 }
@@ -284,9 +268,7 @@ fn end_session(state: &State, q: Quiet, end: End) {
     let backend = &slot.backend;
     let server = slot.server();
     let f = Facts {
-        request_time: k.request_time,
-        started: k.started,
-        tls: k.tls,
+        kept: k,
         result: ResultCode::TcpTunnel,
         termination: match end {
             End::Closed => *b"--",
@@ -297,12 +279,6 @@ fn end_session(state: &State, q: Quiet, end: End) {
         backend: Some(backend.cfg.name.clone()),
         server: Some(server.cfg.name.clone()),
         upstream: Some(server.cfg.addr),
-        upstream_local: k.upstream_local,
-        queue: k.queue,
-        connect: k.connect,
-        retries: k.retries,
-        up: k.up,
-        down: k.down,
     };
     let counts = [
         state.counters.active.load(std::sync::atomic::Ordering::Relaxed) as u32,
@@ -363,7 +339,7 @@ async fn connect_to_server(
             Ok(s) => s,
             Err((e, waited)) => {
                 queued += waited;
-                f.queue = Some(queued);
+                f.kept.queue = Some(queued);
                 f.termination = match e {
                     NoServer::Down => *b"SC",
                     NoServer::QueueFull | NoServer::QueueTimeout => *b"sQ",
@@ -373,26 +349,26 @@ async fn connect_to_server(
             }
         };
         queued += slot.queued;
-        f.queue = Some(queued);
+        f.kept.queue = Some(queued);
         let s = slot.server();
         f.server = Some(s.cfg.name.clone());
         f.upstream = Some(s.cfg.addr);
         let t0 = Instant::now();
         match Box::pin(open(backend, s.cfg.addr, session, timeout)).await {
             Ok(server) => {
-                f.connect = Some(t0.elapsed());
+                f.kept.connect = Some(t0.elapsed());
                 crate::observe::counters::Counters::inc(&state.counters.upstream_connects);
                 return Some((slot, server));
             }
             Err(why) => {
-                f.connect = Some(t0.elapsed());
+                f.kept.connect = Some(t0.elapsed());
                 if s.failed(backend.cfg.max_fails, backend.cfg.fail_timeout, &why) {
                     tracing::warn!(pool = %backend.cfg.name, server = %s.cfg.name, "server taken out for {} s: {why}", backend.cfg.fail_timeout.as_secs_f64());
                 }
                 // nothing was sent: the next server is always safe to try
-                if f.retries < backend.cfg.retries {
+                if f.kept.retries < backend.cfg.retries {
                     s.tried_in_vain(crate::observe::figures::ErrorClass::Connect);
-                    f.retries += 1;
+                    f.kept.retries += 1;
                     exclude.push(slot.server);
                     continue;
                 }
