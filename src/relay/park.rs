@@ -286,3 +286,101 @@ fn trim() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// A connected pair: (the end the test holds, the end that is parked).
+    fn pair() -> (StdTcpStream, StdTcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = StdTcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    async fn next(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, &'static str)>,
+    ) -> (&'static str, &'static str) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn parked_tunnels_come_back_on_an_event_or_at_their_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lot = std::sync::Arc::new(Lot::<&'static str>::new().unwrap());
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let runner = lot.clone();
+            tokio::spawn(async move {
+                runner
+                    .run(move |b| {
+                        let _ = tx.send(match b {
+                            Back::Woken(p) => ("woken", p.state),
+                            Back::Expired(p) => ("expired", p.state),
+                        });
+                    })
+                    .await
+            });
+            let far = Instant::now() + Duration::from_secs(60);
+            let (mut a_client, a) = pair();
+            let (_a_server, a2) = pair();
+            let (_b_client, b) = pair();
+            let (b_server, b2) = pair();
+            let (_c_client, c) = pair();
+            let (_c_server, c2) = pair();
+            for (client, server, deadline, state) in [
+                (a, a2, far, "a"),
+                (b, b2, far, "b"),
+                (c, c2, Instant::now() + Duration::from_millis(300), "c"),
+            ] {
+                assert!(
+                    lot.park(Parked {
+                        client,
+                        server,
+                        deadline,
+                        state
+                    })
+                    .is_ok()
+                );
+            }
+            assert_eq!(lot.len(), 3);
+            // bytes on a client socket, a close on a server socket, a deadline
+            a_client.write_all(b"x").unwrap();
+            assert_eq!(next(&mut rx).await, ("woken", "a"));
+            b_server.shutdown(std::net::Shutdown::Both).unwrap();
+            assert_eq!(next(&mut rx).await, ("woken", "b"));
+            assert_eq!(next(&mut rx).await, ("expired", "c"));
+            assert_eq!(lot.len(), 0);
+            // a slot taken again is a new tenant: an old event does not wake it
+            let (mut d_client, d) = pair();
+            let (_d_server, d2) = pair();
+            assert!(
+                lot.park(Parked {
+                    client: d,
+                    server: d2,
+                    deadline: far,
+                    state: "d"
+                })
+                .is_ok()
+            );
+            assert_eq!(lot.len(), 1);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), rx.recv())
+                    .await
+                    .is_err()
+            );
+            d_client.write_all(b"y").unwrap();
+            assert_eq!(next(&mut rx).await, ("woken", "d"));
+        });
+    }
+}
