@@ -264,6 +264,11 @@ pub fn render(state: &State, cfg: &Config) -> String {
             "Client connections and tunnels in progress.",
             c.active.load(Relaxed),
         ),
+        (
+            "sekisho_parked_sessions",
+            "tcp sessions parked now (quiet for 1 s, out of the runtime until bytes arrive).",
+            state.parked.as_ref().map_or(0, |l| l.len()) as u64,
+        ),
     ] {
         e.family(name, "gauge", help);
         e.sample(name, &[], v as f64);

@@ -230,6 +230,8 @@ fn a_quiet_session_leaves_its_task_and_comes_back_on_bytes_close_or_idle_end() {
     assert_eq!(read_exactly(&mut s, 4), "one\n");
     assert_eq!(parked(&p), 0, "a session that just moved bytes is not parked");
     assert_eq!(wait_parked(&p, 1), 1, "quiet for a second: parked");
+    let (_, metrics) = p.admin_get("/metrics");
+    assert!(metrics.lines().any(|l| l == "sekisho_parked_sessions 1"), "{metrics}");
     // bytes from the client wake it
     s.write_all(b"two\n").unwrap();
     assert_eq!(read_exactly(&mut s, 4), "two\n");
