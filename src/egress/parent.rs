@@ -4,16 +4,13 @@
 //! CONNECT tunnel through it.
 
 use std::hash::{Hash, Hasher};
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -86,10 +83,7 @@ pub fn order(cfg: &Config, host: &str) -> Vec<usize> {
 }
 
 /// A connection to a parent, in clear or over TLS.
-pub enum ParentStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+pub type ParentStream = crate::relay::stream::Stream<TlsStream<TcpStream>>;
 
 impl ParentStream {
     /// The local address of the underlying TCP connection.
@@ -97,52 +91,6 @@ impl ParentStream {
         match self {
             ParentStream::Plain(s) => s.local_addr().ok(),
             ParentStream::Tls(s) => s.get_ref().0.local_addr().ok(),
-        }
-    }
-}
-
-impl AsyncRead for ParentStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ParentStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ParentStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ParentStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ParentStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ParentStream::Plain(s) => s.is_write_vectored(),
-            ParentStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ParentStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ParentStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ParentStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

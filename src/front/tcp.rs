@@ -24,10 +24,7 @@ use crate::runtime::State;
 use crate::upstream::backend::{NoServer, Slot, source_key};
 
 /// The server side of a TCP session.
-enum ServerStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+type ServerStream = crate::relay::stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// What a TCP session's log record holds beyond its [`Session`]; the
 /// record is built when the session ends.

@@ -780,19 +780,21 @@ enum Esc {
     Json,
 }
 
+/// Every escape style, in the order of [`PLAIN`]'s rows.
+const STYLES: [Esc; 9] = [
+    Esc::Raw,
+    Esc::Ctrl,
+    Esc::Quote,
+    Esc::Bracket,
+    Esc::Url,
+    Esc::UrlKeepPercent,
+    Esc::Hash,
+    Esc::Backslash,
+    Esc::Json,
+];
+
 /// For each escape style, which bytes stay as they are.
 static PLAIN: [[bool; 256]; 9] = {
-    const STYLES: [Esc; 9] = [
-        Esc::Raw,
-        Esc::Ctrl,
-        Esc::Quote,
-        Esc::Bracket,
-        Esc::Url,
-        Esc::UrlKeepPercent,
-        Esc::Hash,
-        Esc::Backslash,
-        Esc::Json,
-    ];
     let mut t = [[false; 256]; 9];
     let mut s = 0;
     while s < STYLES.len() {
@@ -1662,18 +1664,7 @@ mod tests {
 
     #[test]
     fn the_plain_table_agrees_with_escape() {
-        let styles = [
-            Esc::Raw,
-            Esc::Ctrl,
-            Esc::Quote,
-            Esc::Bracket,
-            Esc::Url,
-            Esc::UrlKeepPercent,
-            Esc::Hash,
-            Esc::Backslash,
-            Esc::Json,
-        ];
-        for esc in styles {
+        for esc in STYLES {
             for b in 0..=255u8 {
                 let mut buf = [0u8; 6];
                 let n = esc.escape(b, &mut buf);

@@ -7,4 +7,5 @@ pub mod park;
 pub mod pool;
 pub mod pump;
 pub mod splice;
+pub mod stream;
 pub mod tunnel;
