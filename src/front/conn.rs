@@ -52,7 +52,11 @@ impl Activity {
     }
 
     fn now(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
+        self.micros(Instant::now())
+    }
+
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_micros() as u64
     }
 
     fn on_bytes(&self) {
@@ -62,11 +66,11 @@ impl Activity {
         }
     }
 
-    /// A request's header block is complete; returns how long it took to arrive.
-    pub fn begin(&self) -> Duration {
+    /// A request's header block is complete at `now`; returns how long it took to arrive.
+    pub fn begin(&self, now: Instant) -> Duration {
         self.in_flight.fetch_add(1, Relaxed);
         let head = if self.phase.load(Relaxed) == HEAD {
-            Duration::from_micros(self.now().saturating_sub(self.since.load(Relaxed)))
+            Duration::from_micros(self.micros(now).saturating_sub(self.since.load(Relaxed)))
         } else {
             Duration::ZERO
         };
@@ -74,11 +78,11 @@ impl Activity {
         head
     }
 
-    /// A response is complete (or abandoned).
-    pub fn end(&self) {
+    /// A response is complete (or abandoned) at `now`.
+    pub fn end(&self, now: Instant) {
         self.served.fetch_add(1, Relaxed);
         if self.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.since.store(self.now(), Relaxed);
+            self.since.store(self.micros(now), Relaxed);
             self.phase.store(IDLE, Relaxed);
         }
     }
@@ -174,13 +178,9 @@ impl Conn {
     }
 
     pub fn record(&self) -> Record {
-        let mut r = Record::new(
-            self.session.accept_time,
-            self.session.client,
-            self.session.local,
-            self.listener_name(),
-        );
-        r.relayed = self.session.relayed.clone();
+        let s = &self.session;
+        let mut r = Record::new(s.accept_time, s.client, s.local, self.listener_name());
+        r.relayed = s.relayed.clone();
         r
     }
 }

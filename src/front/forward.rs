@@ -66,7 +66,8 @@ impl Refusal {
 
 /// Serves one request.
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let head_time = conn.activity.begin();
+    let now = Instant::now();
+    let head_time = conn.activity.begin(now);
     let mut rec = conn.record();
     rec.method = req.method().clone();
     rec.uri = req.uri().clone();
@@ -74,7 +75,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     rec.timers.request = Some(head_time);
     rec.timers.queue = Some(Duration::ZERO);
     rec.bytes_from_client = request_head_len(&req);
-    let txn = Txn::new(conn, rec);
+    let txn = Txn::new(conn, rec, now);
     if req.method() == Method::CONNECT {
         tunnel(txn, req).await
     } else {
@@ -279,6 +280,8 @@ impl Ctx<'_> {
 async fn direct_addrs(txn: &Txn, ctx: &Ctx<'_>, addrs: Option<Vec<SocketAddr>>) -> Result<Vec<SocketAddr>, Refusal> {
     let mut addrs = match addrs {
         Some(a) => a,
+        // an address literal needs no resolver (and no second list)
+        None if let Ok(ip) = ctx.host.parse::<std::net::IpAddr>() => vec![SocketAddr::new(ip, ctx.port)],
         None => resolve(txn, ctx.host)
             .await?
             .into_iter()

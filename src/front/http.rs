@@ -31,7 +31,8 @@ use tokio::io::AsyncWriteExt;
 
 /// Serves one request of an `http`/`https` listener.
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let head_time = conn.activity.begin();
+    let now = Instant::now();
+    let head_time = conn.activity.begin(now);
     let mut rec = conn.record();
     rec.method = req.method().clone();
     rec.uri = req.uri().clone();
@@ -39,7 +40,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     rec.timers.request = Some(head_time);
     rec.bytes_from_client = head_len(&req);
     rec.tls = conn.tls.clone();
-    let txn = Txn::new(conn, rec);
+    let txn = Txn::new(conn, rec, now);
     serve(txn, req).await
 }
 

@@ -31,11 +31,12 @@ pub struct Txn {
 }
 
 impl Txn {
-    pub fn new(conn: Arc<Conn>, rec: Record) -> Txn {
+    /// A transaction that began at `started`.
+    pub fn new(conn: Arc<Conn>, rec: Record, started: Instant) -> Txn {
         Txn {
             conn,
             rec: Box::new(rec),
-            started: Instant::now(),
+            started,
             req_body: None,
             slot: None,
             in_flight: true,
@@ -44,16 +45,21 @@ impl Txn {
 
     /// A tunnel outlives the HTTP connection; it no longer counts as its request.
     pub fn detach(&mut self) {
+        self.detach_at(Instant::now());
+    }
+
+    fn detach_at(&mut self, now: Instant) {
         if self.in_flight {
             self.in_flight = false;
-            self.conn.activity.end();
+            self.conn.activity.end(now);
         }
     }
 }
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        self.detach();
+        let now = Instant::now();
+        self.detach_at(now);
         let conn = &self.conn;
         let rec = &mut *self.rec;
         if rec.status == 0 && rec.termination == *b"--" {
@@ -63,7 +69,6 @@ impl Drop for Txn {
                 rec.result = ResultCode::TcpMissAborted;
             }
         }
-        let now = Instant::now();
         rec.active = now.saturating_duration_since(self.started);
         rec.total = now.saturating_duration_since(conn.session.accepted);
         if let Some(c) = &self.req_body {

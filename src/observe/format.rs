@@ -675,6 +675,20 @@ impl fmt::Write for VecWriter<'_> {
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    // short numbers (octets, statuses, milliseconds) as fixed-size copies,
+    // which compile to plain stores instead of a call to memmove
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
+    if n < 1000 {
+        push_3digits(out, n as u32);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -1661,6 +1675,20 @@ fn render_json(date: &DateFmt, rec: &Record, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_decimal_text_at_every_length() {
+        let mut cases = vec![0u64, 9, 10, 99, 100, 999, 1000, 65535, u64::MAX];
+        cases.extend((0..2000).step_by(7));
+        for n in cases {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+        let mut out = Vec::new();
+        push_i64(&mut out, -42);
+        assert_eq!(out, b"-42");
+    }
 
     #[test]
     fn the_plain_table_agrees_with_escape() {
