@@ -147,7 +147,7 @@ pub async fn dial(
             route: Route::Parent(idx, via.rule),
             generation: cfg.live.generation,
         };
-        if reuse && let Some((tx, local)) = state.pool.checkout(key) {
+        if reuse && let Some((tx, local)) = state.pool.checkout(key, Instant::now()) {
             return Ok(Dialed::Pooled { key, tx, local });
         }
         let tcp = match connect::connect_via(addr, &via, timeout).await {

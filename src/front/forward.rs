@@ -68,7 +68,8 @@ impl Refusal {
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     let now = Instant::now();
     let head_time = conn.activity.begin(now);
-    let mut rec = conn.record();
+    // built in place on the heap: a record is large and moved once, as a box
+    let mut rec = Box::new(conn.record());
     rec.method = req.method().clone();
     rec.uri = req.uri().clone();
     rec.version = req.version();
@@ -321,7 +322,8 @@ enum Dialed {
 /// address, source and rule is taken when `reuse` allows, else a new one is
 /// made; an address that fails moves on to the next.
 async fn dial_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: &[SocketAddr], reuse: bool) -> Result<Dialed, Refusal> {
-    let t0 = Instant::now();
+    // the clock is read when the first connect starts: a pooled connection needs none
+    let mut t0 = None;
     let state = txn.conn.state.clone();
     let timeout = ctx.cfg.timeouts.connect;
     let facts = ctx.facts();
@@ -349,17 +351,18 @@ async fn dial_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: &[SocketAddr], reuse: 
                 0
             },
         };
-        if reuse && let Some((tx, local)) = state.pool.checkout(key) {
+        if reuse && let Some((tx, local)) = state.pool.checkout(key, txn.started) {
             Counters::inc(&state.counters.upstream_reused);
             txn.rec.timers.connect = Some(Duration::ZERO);
             txn.rec.upstream = Some(addr);
             txn.rec.upstream_local = local;
             return Ok(Dialed::Pooled(key, tx));
         }
+        let started = *t0.get_or_insert_with(Instant::now);
         match connect::connect_via(addr, &via, timeout).await {
             Ok(stream) => {
                 Counters::inc(&state.counters.upstream_connects);
-                txn.rec.timers.connect = Some(t0.elapsed());
+                txn.rec.timers.connect = Some(started.elapsed());
                 txn.rec.upstream = Some(addr);
                 txn.rec.upstream_local = stream.local_addr().ok();
                 return Ok(Dialed::Fresh(key, stream));
@@ -374,7 +377,7 @@ async fn dial_direct(txn: &mut Txn, ctx: &Ctx<'_>, addrs: &[SocketAddr], reuse: 
             }
         }
     }
-    txn.rec.timers.connect = Some(t0.elapsed());
+    txn.rec.timers.connect = Some(t0.map_or(Duration::ZERO, |t| t.elapsed()));
     Err(unreachable(ctx.host, ctx.port, &errors))
 }
 
@@ -811,18 +814,21 @@ fn outgoing_request(
 
 /// Appends to a comma-separated header, keeping one field line.
 fn append_header(h: &mut HeaderMap, name: header::HeaderName, value: &HeaderValue) {
-    let joined = match h.get(&name) {
-        Some(old) => {
+    // one look-up of the name, whether it is there or not
+    match h.entry(name) {
+        header::Entry::Occupied(mut e) => {
+            let old = e.get();
             let mut v = Vec::with_capacity(old.len() + 2 + value.len());
             v.extend_from_slice(old.as_bytes());
             v.extend_from_slice(b", ");
             v.extend_from_slice(value.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                e.insert(v);
+            }
         }
-        None => Some(value.clone()),
-    };
-    if let Some(v) = joined {
-        h.insert(name, v);
+        header::Entry::Vacant(e) => {
+            e.insert(value.clone());
+        }
     }
 }
 

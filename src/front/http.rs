@@ -33,7 +33,8 @@ use tokio::io::AsyncWriteExt;
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     let now = Instant::now();
     let head_time = conn.activity.begin(now);
-    let mut rec = conn.record();
+    // built in place on the heap: a record is large and moved once, as a box
+    let mut rec = Box::new(conn.record());
     rec.method = req.method().clone();
     rec.uri = req.uri().clone();
     rec.version = req.version();
@@ -649,7 +650,7 @@ async fn send_once(
         generation: txn.conn.cfg.live.generation,
     };
     let pooled = if backend.cfg.proxy_protocol.is_none() {
-        state.pool.checkout(key)
+        state.pool.checkout(key, txn.started)
     } else {
         None
     };

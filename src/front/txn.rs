@@ -32,10 +32,10 @@ pub struct Txn {
 
 impl Txn {
     /// A transaction that began at `started`.
-    pub fn new(conn: Arc<Conn>, rec: Record, started: Instant) -> Txn {
+    pub fn new(conn: Arc<Conn>, rec: Box<Record>, started: Instant) -> Txn {
         Txn {
             conn,
-            rec: Box::new(rec),
+            rec,
             started,
             req_body: None,
             slot: None,
