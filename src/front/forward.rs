@@ -104,7 +104,7 @@ fn refuse(mut txn: Txn, r: Refusal) -> Response<ProxyBody> {
 /// Lower case, without brackets or a trailing dot.
 fn normalize_host(host: &str) -> String {
     let h = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    h.trim_end_matches('.').to_ascii_lowercase()
+    h.trim_end_matches(|c| c == '.').to_ascii_lowercase()
 }
 
 /// What the access rules decided, and what was learnt on the way.

@@ -269,6 +269,22 @@ enum Code {
 }
 
 impl Code {
+    /// Values written by sekisho itself from letters, digits, `.`, `:` and
+    /// `_` only (addresses, result and hierarchy codes): nothing in them can
+    /// need a control-character escape.
+    fn is_plain_text(&self) -> bool {
+        matches!(
+            self,
+            Code::ClientIp
+                | Code::PeerIp
+                | Code::LocalIp
+                | Code::UpstreamIp
+                | Code::UpstreamLocalIp
+                | Code::Result
+                | Code::Hierarchy
+        )
+    }
+
     fn is_numeric(&self) -> bool {
         matches!(
             self,
@@ -1068,7 +1084,7 @@ impl SquidField {
         let (esc, quote) = match self.enc {
             SquidEnc::Default => match self.code {
                 Code::User => (Esc::UrlKeepPercent, None),
-                _ if numeric => (Esc::Raw, None),
+                _ if numeric || self.code.is_plain_text() => (Esc::Raw, None),
                 _ => (Esc::Ctrl, None),
             },
             SquidEnc::Quote => (Esc::Quote, Some(b'"')),
@@ -1811,6 +1827,38 @@ mod tests {
         );
         r.request_time = at(1_700_000_000, 345);
         r
+    }
+
+    #[test]
+    fn values_written_unescaped_are_plain_text() {
+        let results = [
+            ResultCode::TcpMiss,
+            ResultCode::TcpMissAborted,
+            ResultCode::TcpDenied,
+            ResultCode::TcpTunnel,
+            ResultCode::TcpMissError,
+            ResultCode::None,
+        ];
+        let hierarchies = [
+            Hierarchy::Direct,
+            Hierarchy::FirstUpParent,
+            Hierarchy::RoundRobinParent,
+            Hierarchy::Carp,
+            Hierarchy::None,
+        ];
+        let f = LogFormat::parse("%>a %>pa %la %<a %<la %Ss %Sh", Style::Squid).unwrap();
+        for (i, result) in results.into_iter().enumerate() {
+            let mut r = full();
+            r.result = result;
+            r.hierarchy = hierarchies[i % hierarchies.len()];
+            r.client = "[2001:db8::ff:1]:5".parse().unwrap();
+            r.upstream_local = Some("[::ffff:10.1.2.3]:9".parse().unwrap());
+            let line = render(&f, &r);
+            assert!(
+                line.bytes().all(|b| b.is_ascii_alphanumeric() || b"._: -".contains(&b)),
+                "{line}"
+            );
+        }
     }
 
     fn render(f: &LogFormat, rec: &Record) -> String {
