@@ -102,9 +102,17 @@ fn refuse(mut txn: Txn, r: Refusal) -> Response<ProxyBody> {
 }
 
 /// Lower case, without brackets or a trailing dot.
-fn normalize_host(host: &str) -> String {
-    let h = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    h.trim_end_matches(|c| c == '.').to_ascii_lowercase()
+fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let mut h = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    while let Some(rest) = h.strip_suffix('.') {
+        h = rest;
+    }
+    // most names arrive in lower case already: no copy for those
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        h.to_ascii_lowercase().into()
+    } else {
+        h.into()
+    }
 }
 
 /// What the access rules decided, and what was learnt on the way.
@@ -662,9 +670,9 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (host, port, authority) = match req.uri().scheme_str() {
+    let (port, authority) = match req.uri().scheme_str() {
         Some("http") => match req.uri().authority() {
-            Some(a) => (normalize_host(a.host()), a.port_u16().unwrap_or(80), a.clone()),
+            Some(a) => (a.port_u16().unwrap_or(80), a.clone()),
             None => {
                 let r = Refusal::new(
                     StatusCode::BAD_REQUEST,
@@ -695,6 +703,7 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
             return refuse(txn, r);
         }
     };
+    let host = normalize_host(authority.host());
     let credentials = req.headers().get(header::PROXY_AUTHORIZATION);
     let presented = credentials.and_then(|c| auth::presented_name(Some(c)));
     let admitted = match admit(&mut txn, credentials, &host, port).await {
