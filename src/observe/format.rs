@@ -96,7 +96,7 @@ const PRESET_NAMES: &[&str] = &["squid", "common", "httplog", "httplog-tls", "tc
 /// Default strftime pattern of Squid's `%tl`/`%tg`.
 const SQUID_DATE: &str = "%d/%b/%Y:%H:%M:%S %z";
 /// HAProxy's accept/request date (`%t`, `%tr`): `10/Oct/2000:13:55:36.345`.
-const HAPROXY_DATE: &str = "%d/%b/%Y:%H:%M:%S.%3f";
+const HAPROXY_DATE: &str = "%d/%b/%Y:%H:%M:%S%.3f";
 /// RFC 3339 with milliseconds, for the JSON `time` key.
 const JSON_DATE: &str = "%Y-%m-%dT%H:%M:%S%.3f%:z";
 
@@ -557,16 +557,21 @@ fn split_time(t: SystemTime) -> Option<(i64, u32)> {
 // Dates
 
 /// The second last rendered (epoch seconds) and its text.
-type SecondCache = (i64, Vec<u8>);
+/// The second last rendered, its text, and where in that text the
+/// milliseconds go (for a pattern with one `%.3f`; else the text's end).
+type SecondCache = (i64, Vec<u8>, usize);
 
 /// A pre-parsed strftime pattern, rendered in UTC or in local time.
 #[derive(Clone, Debug)]
 struct DateFmt {
     utc: bool,
     items: Box<[Item<'static>]>,
-    /// For patterns that show nothing finer than a second: the last second
-    /// rendered and its text, so a busy log formats the date once a second.
+    /// For patterns that show nothing finer than a second, or nothing finer
+    /// than one `%.3f`: the last second rendered and its text, so a busy log
+    /// formats the date once a second (and writes the milliseconds itself).
     cache: Option<Arc<Mutex<SecondCache>>>,
+    /// Which item is that `%.3f`.
+    millis: Option<usize>,
 }
 
 /// An offset whose name prints as nothing: `DelayedFormat` stringifies the
@@ -610,6 +615,7 @@ impl DateFmt {
             utc,
             items,
             cache: None,
+            millis: None,
         };
         // Some items parse but cannot be formatted (`%#z`): try once now.
         let mut probe = Vec::new();
@@ -617,47 +623,83 @@ impl DateFmt {
             return Err(format!("strftime pattern {pattern:?} cannot be used for output"));
         }
         // two instants of one second that render alike: the pattern has no sub-second part
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        d.write(UNIX_EPOCH + Duration::from_millis(1), &mut a);
-        d.write(UNIX_EPOCH + Duration::from_millis(998), &mut b);
-        if a == b {
-            d.cache = Some(Arc::new(Mutex::new((i64::MIN, Vec::new()))));
+        let alike = |items: &[Item<'static>]| {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            d.write_items(items, UNIX_EPOCH + Duration::from_millis(1), &mut a);
+            d.write_items(items, UNIX_EPOCH + Duration::from_millis(998), &mut b);
+            a == b
+        };
+        let three = |i: &Item<'_>| matches!(i, Item::Fixed(Fixed::Nanosecond3));
+        let cacheable = if alike(&d.items) {
+            true
+        } else if let Some(k) = d.items.iter().position(three)
+            && alike(&[&d.items[..k], &d.items[k + 1..]].concat())
+        {
+            // the one part finer than a second is `%.3f` (HAProxy's and the JSON dates)
+            d.millis = Some(k);
+            true
+        } else {
+            false
+        };
+        if cacheable {
+            d.cache = Some(Arc::new(Mutex::new((i64::MIN, Vec::new(), 0))));
         }
         Ok(d)
     }
 
     /// Append `t` formatted; on failure append nothing and return false.
     fn write(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
-        let (Some(cache), Some((secs, _))) = (&self.cache, split_time(t)) else {
+        let (Some(cache), Some((secs, nanos))) = (&self.cache, split_time(t)) else {
             return self.write_uncached(t, out);
         };
         let Ok(mut cached) = cache.lock() else {
             return self.write_uncached(t, out);
         };
-        if cached.0 == secs {
-            out.extend_from_slice(&cached.1);
-            return true;
-        }
-        let start = out.len();
-        let ok = self.write_uncached(t, out);
-        if ok {
+        if cached.0 != secs {
+            let (_, text, at) = &mut *cached;
+            text.clear();
+            let ok = match self.millis {
+                None => self.write_items(&self.items, t, text),
+                Some(k) => {
+                    let ok = self.write_items(&self.items[..k], t, text);
+                    *at = text.len();
+                    ok && self.write_items(&self.items[k + 1..], t, text)
+                }
+            };
+            if !ok {
+                cached.0 = i64::MIN;
+                return false;
+            }
+            if self.millis.is_none() {
+                cached.2 = cached.1.len();
+            }
             cached.0 = secs;
-            cached.1.clear();
-            cached.1.extend_from_slice(&out[start..]);
         }
-        ok
+        let (_, text, at) = &*cached;
+        out.extend_from_slice(&text[..*at]);
+        if self.millis.is_some() {
+            out.push(b'.');
+            push_3digits(out, nanos / 1_000_000);
+        }
+        out.extend_from_slice(&text[*at..]);
+        true
     }
 
     fn write_uncached(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
+        self.write_items(&self.items, t, out)
+    }
+
+    /// Append `t` formatted with `items`; on failure append nothing and return false.
+    fn write_items(&self, items: &[Item<'static>], t: SystemTime, out: &mut Vec<u8>) -> bool {
         let start = out.len();
-        let ok = self.write_inner(t, out).is_some();
+        let ok = self.write_inner(items, t, out).is_some();
         if !ok {
             out.truncate(start);
         }
         ok
     }
 
-    fn write_inner(&self, t: SystemTime, out: &mut Vec<u8>) -> Option<()> {
+    fn write_inner(&self, items: &[Item<'static>], t: SystemTime, out: &mut Vec<u8>) -> Option<()> {
         let (secs, nanos) = split_time(t)?;
         if !(MIN_DATE_SECS..=MAX_DATE_SECS).contains(&secs) {
             return None;
@@ -673,7 +715,7 @@ impl DateFmt {
             Some(local.date()),
             Some(local.time()),
             &Unnamed(offset),
-            self.items.iter(),
+            items.iter(),
         )
         .write_to(&mut VecWriter(out))
         .ok()
@@ -1932,8 +1974,20 @@ mod tests {
         assert_eq!(
             millis,
             ["100", "900", "000", "999", "000"],
-            "sub-second patterns are never cached"
+            "milliseconds are written for each record"
         );
+        // the cached text around `%.3f` is whole-second and stays in order,
+        // with a part after it (the JSON date has an offset there)
+        let around = LogFormat::parse("%{%S%.3f %z|%H}tg %{%S %f}tg", Style::Squid).unwrap();
+        for ms in [5, 999, 1_000, 1_001, 61_250, 61_250, 3_600_007] {
+            r.request_time = base + Duration::from_millis(ms);
+            let t = DateTime::<Utc>::from(r.request_time);
+            let want = format!("{} {}", t.format("%S%.3f %z|%H"), t.format("%S %f"));
+            assert_eq!(render(&around, &r), want, "{ms} ms");
+        }
+        // before 1970 the milliseconds still count up within their second
+        r.request_time = UNIX_EPOCH - Duration::from_millis(1_500);
+        assert_eq!(hap("%tr", &r), local(r.request_time, "%d/%b/%Y:%H:%M:%S%.3f"));
     }
 
     #[test]
