@@ -711,14 +711,9 @@ impl DateFmt {
             Local.offset_from_utc_datetime(&utc)
         };
         let local = utc.checked_add_offset(offset)?;
-        DelayedFormat::new_with_offset(
-            Some(local.date()),
-            Some(local.time()),
-            &Unnamed(offset),
-            items.iter(),
-        )
-        .write_to(&mut VecWriter(out))
-        .ok()
+        DelayedFormat::new_with_offset(Some(local.date()), Some(local.time()), &Unnamed(offset), items.iter())
+            .write_to(&mut VecWriter(out))
+            .ok()
     }
 }
 
@@ -1373,6 +1368,9 @@ impl HapField {
             out.extend_from_slice(if self.opts.quote { b"\"\"" } else { b"-" });
             return;
         }
+        if !self.opts.quote && self.code.is_plain_text() {
+            return;
+        }
         let esc = if self.opts.escape { Esc::Backslash } else { Esc::Hash };
         escape_tail(out, start, esc, self.opts.quote.then_some(b'"'));
     }
@@ -1889,13 +1887,14 @@ mod tests {
             Hierarchy::None,
         ];
         let f = LogFormat::parse("%>a %>pa %la %<a %<la %Ss %Sh", Style::Squid).unwrap();
+        let h = LogFormat::parse("%ci %pi %fi %si %bi", Style::Haproxy).unwrap();
         for (i, result) in results.into_iter().enumerate() {
             let mut r = full();
             r.result = result;
             r.hierarchy = hierarchies[i % hierarchies.len()];
             r.client = "[2001:db8::ff:1]:5".parse().unwrap();
             r.upstream_local = Some("[::ffff:10.1.2.3]:9".parse().unwrap());
-            let line = render(&f, &r);
+            let line = render(&f, &r) + " " + &render(&h, &r);
             assert!(
                 line.bytes().all(|b| b.is_ascii_alphanumeric() || b"._: -".contains(&b)),
                 "{line}"
