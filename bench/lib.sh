@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by bench/reverse.sh and bench/tcp.sh (sourced): logging, a
+# Shared by bench/reverse.sh, tcp.sh, l4.sh and instructions.sh (sourced): logging, a
 # temporary directory, processes stopped by PID at exit, free ports, the
 # sekisho binary, and CPU ticks of processes.
 #
