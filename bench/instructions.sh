@@ -30,27 +30,7 @@ sekisho_binary
 mkdir -p "$TMP/www" "$TMP/origin"
 head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/www/small"
 chmod 755 "$TMP/www"; chmod 644 "$TMP/www/small"
-ORIGIN=$(free_port)
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/origin/body;
-    proxy_temp_path $TMP/origin/proxy;
-    fastcgi_temp_path $TMP/origin/fastcgi;
-    uwsgi_temp_path $TMP/origin/uwsgi;
-    scgi_temp_path $TMP/origin/scgi;
-    server { listen 127.0.0.1:$ORIGIN; root $TMP/www; location / { } }
-}
-EOF
-nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" &
-PIDS+=($!)
-wait_port "$ORIGIN" || die "origin nginx did not start"
+start_origin "" "keepalive_requests 1000000;"
 
 measure() { # measure MODE: prints "MODE requests instructions per-request"
     local mode=$1 d=$TMP/$1 port target host pid out lines0 lines1 total

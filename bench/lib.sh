@@ -55,3 +55,32 @@ ticks() { # user+system ticks of these PIDs (all threads)
 }
 HZ=$(getconf CLK_TCK) # used by the sourcing scripts
 export HZ
+
+start_origin() { # start_origin CPU DIRECTIVES: nginx serving $TMP/www on a free port (sets ORIGIN),
+    # on CPU when one is given, with DIRECTIVES added to its http block
+    local cpu=$1 extra=$2 cmd
+    mkdir -p "$TMP/origin"
+    ORIGIN=$(free_port)
+    cat >"$TMP/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/origin/nginx.pid;
+error_log $TMP/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $extra
+    client_body_temp_path $TMP/origin/body;
+    proxy_temp_path $TMP/origin/proxy;
+    fastcgi_temp_path $TMP/origin/fastcgi;
+    uwsgi_temp_path $TMP/origin/uwsgi;
+    scgi_temp_path $TMP/origin/scgi;
+    server { listen 127.0.0.1:$ORIGIN; root $TMP/www; location / { } }
+}
+EOF
+    cmd=(nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf")
+    [[ -z $cpu ]] || cmd=(taskset -c "$cpu" "${cmd[@]}")
+    "${cmd[@]}" &
+    PIDS+=($!)
+    wait_port "$ORIGIN" || die "origin nginx did not start"
+}

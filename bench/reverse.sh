@@ -34,27 +34,7 @@ sekisho_binary
 mkdir -p "$TMP/www" "$TMP/origin"
 head -c "$SMALL_BYTES" /dev/zero | tr '\0' 'x' >"$TMP/www/small"
 chmod 755 "$TMP/www"; chmod 644 "$TMP/www/small"
-ORIGIN=$(free_port)
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/origin/body;
-    proxy_temp_path $TMP/origin/proxy;
-    fastcgi_temp_path $TMP/origin/fastcgi;
-    uwsgi_temp_path $TMP/origin/uwsgi;
-    scgi_temp_path $TMP/origin/scgi;
-    server { listen 127.0.0.1:$ORIGIN; root $TMP/www; location / { } }
-}
-EOF
-taskset -c "$LOAD_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" &
-PIDS+=($!)
-wait_port "$ORIGIN" || die "origin nginx did not start"
+start_origin "$LOAD_CPU" "keepalive_requests 1000000;"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
     -addext subjectAltName=DNS:bench.test -addext basicConstraints=critical,CA:FALSE \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null

@@ -25,27 +25,7 @@ sekisho_binary
 mkdir -p "$TMP/www" "$TMP/origin"
 fallocate -l "$SIZE" "$TMP/www/big" 2>/dev/null || truncate -s "$SIZE" "$TMP/www/big"
 chmod 755 "$TMP/www"; chmod 644 "$TMP/www/big"
-ORIGIN=$(free_port)
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    sendfile on;
-    client_body_temp_path $TMP/origin/body;
-    proxy_temp_path $TMP/origin/proxy;
-    fastcgi_temp_path $TMP/origin/fastcgi;
-    uwsgi_temp_path $TMP/origin/uwsgi;
-    scgi_temp_path $TMP/origin/scgi;
-    server { listen 127.0.0.1:$ORIGIN; root $TMP/www; location / { } }
-}
-EOF
-taskset -c "$LOAD_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/error.log" -c "$TMP/origin/nginx.conf" &
-PIDS+=($!)
-wait_port "$ORIGIN" || die "origin did not start"
+start_origin "$LOAD_CPU" "sendfile on;"
 taskset -c "$LOAD_CPU" cat "$TMP/www/big" >/dev/null
 
 declare -A PORT=() PID=()
