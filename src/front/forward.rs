@@ -692,9 +692,9 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (port, authority) = match req.uri().scheme_str() {
+    let authority = match req.uri().scheme_str() {
         Some("http") => match req.uri().authority() {
-            Some(a) => (host_port(a.as_str()).1.unwrap_or(80), a.clone()),
+            Some(a) => a.clone(),
             None => {
                 let r = Refusal::new(
                     StatusCode::BAD_REQUEST,
@@ -725,7 +725,8 @@ async fn forward(mut txn: Txn, req: Request<Incoming>) -> Response<ProxyBody> {
             return refuse(txn, r);
         }
     };
-    let host = normalize_host(host_port(authority.as_str()).0);
+    let (host, port) = host_port(authority.as_str());
+    let (host, port) = (normalize_host(host), port.unwrap_or(80));
     let credentials = req.headers().get(header::PROXY_AUTHORIZATION);
     let presented = credentials.and_then(|c| auth::presented_name(Some(c)));
     let admitted = match admit(&mut txn, credentials, &host, port).await {

@@ -744,18 +744,32 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
         push_3digits(out, n as u32);
         return;
     }
+    // longer ones (epoch seconds, byte counts) two digits per division
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n >= 100 {
+        let d = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    }
+    if n >= 10 {
+        let d = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&buf[i..]);
 }
+
+/// "00" to "99", two bytes each.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 fn push_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
@@ -783,14 +797,28 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it.
+/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it: built on the stack
+/// and appended at once.
 fn push_v4(out: &mut Vec<u8>, a: std::net::Ipv4Addr) {
+    let mut buf = [0u8; 15];
+    let mut n = 0;
     for (i, o) in a.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push(b'.');
+            buf[n] = b'.';
+            n += 1;
         }
-        push_u64(out, u64::from(o));
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
     }
+    out.extend_from_slice(&buf[..n]);
 }
 
 /// A request target as `Uri`'s `Display` writes it: scheme, authority,
@@ -1753,8 +1781,10 @@ mod tests {
 
     #[test]
     fn numbers_are_written_as_decimal_text_at_every_length() {
-        let mut cases = vec![0u64, 9, 10, 99, 100, 999, 1000, 65535, u64::MAX];
+        let mut cases = vec![0u64, 9, 10, 99, 100, 999, 1000, 65535, 1_700_000_000, u64::MAX];
         cases.extend((0..2000).step_by(7));
+        cases.extend((0..20).map(|e| 10u64.pow(e)).flat_map(|p| [p - 1, p, p + 1]));
+        cases.extend((0..3_000_000).step_by(997));
         for n in cases {
             let mut out = b"x".to_vec();
             push_u64(&mut out, n);
@@ -1763,6 +1793,18 @@ mod tests {
         let mut out = Vec::new();
         push_i64(&mut out, -42);
         assert_eq!(out, b"-42");
+        for a in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [10, 0, 100, 9],
+            [1, 22, 3, 200],
+            [127, 0, 0, 1],
+        ] {
+            let ip = std::net::Ipv4Addr::from(a);
+            let mut out = Vec::new();
+            push_v4(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     #[test]
