@@ -650,10 +650,10 @@ impl DateFmt {
     /// Append `t` formatted; on failure append nothing and return false.
     fn write(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
         let (Some(cache), Some((secs, nanos))) = (&self.cache, split_time(t)) else {
-            return self.write_uncached(t, out);
+            return self.write_items(&self.items, t, out);
         };
         let Ok(mut cached) = cache.lock() else {
-            return self.write_uncached(t, out);
+            return self.write_items(&self.items, t, out);
         };
         if cached.0 != secs {
             let (_, text, at) = &mut *cached;
@@ -683,10 +683,6 @@ impl DateFmt {
         }
         out.extend_from_slice(&text[*at..]);
         true
-    }
-
-    fn write_uncached(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
-        self.write_items(&self.items, t, out)
     }
 
     /// Append `t` formatted with `items`; on failure append nothing and return false.
@@ -1035,8 +1031,7 @@ impl Esc {
     }
 }
 
-/// Escape `out[start..]` in place with `esc`, wrapping it in `quote` when
-/// given. Works backwards from the end so no temporary buffer is needed.
+/// Whether `esc` leaves every byte of `bytes` as it is.
 fn all_plain(bytes: &[u8], esc: Esc) -> bool {
     if esc == Esc::Ctrl {
         let mut bad = 0u8;
@@ -1050,6 +1045,8 @@ fn all_plain(bytes: &[u8], esc: Esc) -> bool {
     }
 }
 
+/// Escape `out[start..]` in place with `esc`, wrapping it in `quote` when
+/// given. Works backwards from the end so no temporary buffer is needed.
 fn escape_tail(out: &mut Vec<u8>, start: usize, esc: Esc, quote: Option<u8>) {
     let end = out.len();
     let mut buf = [0u8; 6];

@@ -398,10 +398,7 @@ mod tests {
     #[test]
     fn both_ways_with_a_slow_reader_and_half_closes() {
         for method in [Method::Copy(Method::BUFFER), Method::Copy(4096), Method::Splice] {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = runtime();
             rt.block_on(async move {
                 let (mut client, client_end) = pair().await;
                 let (mut server, server_end) = pair().await;
@@ -454,10 +451,7 @@ mod tests {
         for method in [Method::Copy(Method::BUFFER), Method::Splice] {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = runtime();
                 let cpu0 = thread_cpu();
                 let r = rt.block_on(async move {
                     let (mut client, client_end) = pair().await;
@@ -493,6 +487,14 @@ mod tests {
         }
     }
 
+    /// A single-threaded runtime with I/O and timers, as a relay runs on.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// CPU time of the calling thread.
     fn thread_cpu() -> Duration {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -505,10 +507,7 @@ mod tests {
     /// reset on one side ends it as that side's error.
     #[test]
     fn idle_and_errors_end_the_tunnel() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (_client, client_end) = pair().await;
             let (_server, server_end) = pair().await;
@@ -545,10 +544,7 @@ mod tests {
     /// loops was 2,840).
     #[test]
     fn an_open_tunnel_is_small() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let (_a, a) = pair().await;
             let (_b, b) = pair().await;
