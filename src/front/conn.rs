@@ -177,9 +177,16 @@ impl Conn {
         self.cfg.listeners[self.session.listener].name.clone()
     }
 
-    pub fn record(&self) -> Record {
+    /// A record for a transaction that starts at `now`.
+    pub fn record(&self, now: Instant) -> Record {
         let s = &self.session;
-        let mut r = Record::new(s.accept_time, s.client, s.local, self.listener_name());
+        let mut r = Record::starting(
+            s.accept_time,
+            crate::observe::record::wall_time(now),
+            s.client,
+            s.local,
+            self.listener_name(),
+        );
         r.relayed = s.relayed.clone();
         r
     }
@@ -682,7 +689,7 @@ fn bad_request(conn: &Conn, e: &hyper::Error) {
     log_connection_error(
         &conn.state,
         &conn.cfg,
-        conn.record(),
+        conn.record(Instant::now()),
         &conn.session,
         status,
         "error:invalid-request",

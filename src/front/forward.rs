@@ -69,7 +69,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBo
     let now = Instant::now();
     let head_time = conn.activity.begin(now);
     // built in place on the heap: a record is large and moved once, as a box
-    let mut rec = Box::new(conn.record());
+    let mut rec = Box::new(conn.record(now));
     rec.method = req.method().clone();
     rec.uri = req.uri().clone();
     rec.version = req.version();

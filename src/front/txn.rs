@@ -28,6 +28,8 @@ pub struct Txn {
     pub slot: Option<crate::upstream::backend::Slot>,
     /// Whether this transaction holds the connection's in-flight mark.
     in_flight: bool,
+    /// When it ended, if the clock was read for it already.
+    ended: Option<Instant>,
 }
 
 impl Txn {
@@ -40,6 +42,7 @@ impl Txn {
             req_body: None,
             slot: None,
             in_flight: true,
+            ended: None,
         }
     }
 
@@ -58,7 +61,7 @@ impl Txn {
 
 impl Drop for Txn {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = self.ended.unwrap_or_else(Instant::now);
         self.detach_at(now);
         let conn = &self.conn;
         let rec = &mut *self.rec;
@@ -183,8 +186,14 @@ impl Body for ProxyBody {
 
 /// The response is complete: the upstream connection is reusable.
 fn finish(txn: &mut Option<Txn>, upstream: &mut Option<(crate::relay::pool::Key, Sender)>) {
-    if let (Some((key, tx)), Some(t)) = (upstream.take(), txn.as_ref()) {
-        t.conn.state.pool.checkin(key, tx, t.rec.upstream_local);
+    // one reading of the clock: the connection is idle from the moment the
+    // transaction ends
+    let now = Instant::now();
+    if let Some(t) = txn.as_mut() {
+        t.ended = Some(now);
+        if let Some((key, tx)) = upstream.take() {
+            t.conn.state.pool.checkin(key, tx, t.rec.upstream_local, now);
+        }
     }
     txn.take();
 }

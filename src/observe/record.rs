@@ -3,9 +3,10 @@
 //! The front fills a record as the transaction progresses; the record is
 //! rendered once, when the transaction ends, by every configured log output.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri, Version};
 
@@ -146,12 +147,44 @@ pub struct Record {
     pub relayed: Option<Arc<crate::listen::Relayed>>,
 }
 
+/// The wall-clock time at the monotonic instant `now`, without a second clock
+/// read: each thread keeps one reading of both clocks and takes it again once
+/// a second (or when `now` is older), so a step of the system clock shows
+/// within a second.
+pub fn wall_time(now: Instant) -> SystemTime {
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|a| {
+        if let Some((at, wall)) = a.get()
+            && let Some(d) = now.checked_duration_since(at)
+            && d < Duration::from_secs(1)
+        {
+            return wall + d;
+        }
+        let wall = SystemTime::now();
+        a.set(Some((now, wall)));
+        wall
+    })
+}
+
 impl Record {
     /// A record for a transaction that starts now on a connection accepted at `accept_time`.
     pub fn new(accept_time: SystemTime, client: SocketAddr, local: SocketAddr, listener: Arc<str>) -> Record {
+        Record::starting(accept_time, SystemTime::now(), client, local, listener)
+    }
+
+    /// A record for a transaction that starts at `request_time`.
+    pub fn starting(
+        accept_time: SystemTime,
+        request_time: SystemTime,
+        client: SocketAddr,
+        local: SocketAddr,
+        listener: Arc<str>,
+    ) -> Record {
         Record {
             accept_time,
-            request_time: SystemTime::now(),
+            request_time,
             active: Duration::ZERO,
             total: Duration::ZERO,
             timers: Timers::default(),
@@ -184,5 +217,30 @@ impl Record {
             termination: *b"--",
             relayed: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_time_follows_the_monotonic_clock_for_a_second_at_most() {
+        let now = Instant::now();
+        let w = wall_time(now);
+        let sys = SystemTime::now();
+        let apart = sys.duration_since(w).unwrap_or_else(|e| e.duration());
+        assert!(apart < Duration::from_millis(100), "{apart:?} from the system clock");
+        // within the second of the reading, differences are the monotonic clock's
+        let w250 = wall_time(now + Duration::from_millis(250));
+        assert_eq!(w250.duration_since(w).ok(), Some(Duration::from_millis(250)));
+        // a second or more later, the system clock is read again, not extrapolated
+        let w5 = wall_time(now + Duration::from_secs(5));
+        let apart = w5.duration_since(sys).unwrap_or_else(|e| e.duration());
+        assert!(apart < Duration::from_secs(1), "{apart:?} from the system clock");
+        // an instant before the reading is not extrapolated backwards either
+        let before = wall_time(now);
+        let apart = before.duration_since(sys).unwrap_or_else(|e| e.duration());
+        assert!(apart < Duration::from_millis(100), "{apart:?} from the system clock");
     }
 }

@@ -151,18 +151,19 @@ impl Pool {
 
     /// Gives a connection back once its response is complete. One that is not
     /// ready yet is put back when it becomes ready (or dropped if it closes).
-    pub fn checkin(&self, key: Key, mut tx: Sender, local: Option<SocketAddr>) {
+    /// `now` is when the response ended: the connection is idle from then.
+    pub fn checkin(&self, key: Key, mut tx: Sender, local: Option<SocketAddr>, now: Instant) {
         if tx.is_closed() {
             return;
         }
         if tx.is_ready() {
-            put(&self.idle, key, tx, local);
+            put(&self.idle, key, tx, local, now);
             return;
         }
         let idle = self.idle.clone();
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), tx.ready()).await {
-                put(&idle, key, tx, local);
+                put(&idle, key, tx, local, Instant::now());
             }
         });
     }
@@ -183,17 +184,13 @@ impl Pool {
     }
 }
 
-fn put(idle: &Map, key: Key, tx: Sender, local: Option<SocketAddr>) {
+fn put(idle: &Map, key: Key, tx: Sender, local: Option<SocketAddr>, since: Instant) {
     if let Ok(mut map) = idle.lock() {
         let list = map.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_ADDR {
             list.remove(0);
         }
-        list.push(Idle {
-            tx,
-            local,
-            since: Instant::now(),
-        });
+        list.push(Idle { tx, local, since });
     }
 }
 
