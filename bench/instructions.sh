@@ -8,10 +8,12 @@
 #
 # Modes: forward (`GET http://127.0.0.1:ORIGIN/small` through a forward
 # listener, `squid` log line) and balancer (`GET /small` through an `http`
-# listener, `httplog` line). sekisho runs under callgrind with instrumentation
-# off while wrk warms it up, on for MEASURE seconds of load, then the count is
-# divided by the access-log lines written meanwhile. Everything counted
-# (runtime thread, log writer) is user-space work; kernel time is not.
+# listener, `httplog` line), each with `threads = 1`: the single-threaded
+# runtime that bench/run.sh and bench/reverse.sh measure on their one core.
+# sekisho runs under callgrind with instrumentation off while wrk warms it up,
+# on for MEASURE seconds of load, then the count is divided by the access-log
+# lines written meanwhile. Everything counted (runtime thread, log writer) is
+# user-space work; kernel time is not.
 # Everything listens on 127.0.0.1; processes are stopped by PID at exit.
 
 set -euo pipefail
@@ -39,6 +41,7 @@ measure() { # measure MODE: prints "MODE requests instructions per-request"
     forward)
         target=http://127.0.0.1:$ORIGIN/small host=127.0.0.1:$ORIGIN
         cat >"$d/sekisho.toml" <<EOF
+threads = 1
 [[listener]]
 bind = "127.0.0.1:$port"
 mode = "forward"
@@ -53,6 +56,7 @@ EOF
     balancer)
         target=/small host=
         cat >"$d/sekisho.toml" <<EOF
+threads = 1
 [pool.origin]
 [[pool.origin.server]]
 address = "127.0.0.1:$ORIGIN"
@@ -76,13 +80,20 @@ EOF
     load() { env BENCH_TARGET="$target" BENCH_HOST="$host" wrk -t1 -c"$CONNECTIONS" -d"$1s" \
         -s "$HERE/forward.lua" "http://127.0.0.1:$port/" >"$d/wrk.out" 2>&1; }
     load "$WARMUP"
-    callgrind_control -i on "$pid" >/dev/null 2>&1
-    sleep 0.5
+    # the command is taken while the proxy is busy: an idle single-threaded
+    # process may not look for it in time, so it is sent until acknowledged
+    load "$((MEASURE + 1))" &
+    local wrk=$! tries=0 said
+    sleep 1
+    until said=$(callgrind_control -i on "$pid" 2>&1) && [[ $said == *OK* ]]; do
+        ((++tries < 10)) || die "$mode: callgrind did not take the command to count"
+        sleep 0.2
+    done
     lines0=$(wc -l <"$d/access.log")
-    load "$MEASURE"
-    sleep 0.5 # the writer's last batch
+    sleep "$MEASURE"
     callgrind_control -i off "$pid" >/dev/null 2>&1
     lines1=$(wc -l <"$d/access.log")
+    wait "$wrk" || true
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     out=$(ls "$d"/callgrind.out.* 2>/dev/null | head -n1)
