@@ -572,6 +572,8 @@ struct DateFmt {
     cache: Option<Arc<Mutex<SecondCache>>>,
     /// Which item is that `%.3f`.
     millis: Option<usize>,
+    /// The pattern has no control byte: its output needs no escaping.
+    plain: bool,
 }
 
 /// An offset whose name prints as nothing: `DelayedFormat` stringifies the
@@ -616,6 +618,7 @@ impl DateFmt {
             items,
             cache: None,
             millis: None,
+            plain: pattern.bytes().all(|b| b >= 0x20 && b != 0x7f),
         };
         // Some items parse but cannot be formatted (`%#z`): try once now.
         let mut probe = Vec::new();
@@ -1121,13 +1124,16 @@ fn pad_tail(out: &mut Vec<u8>, start: usize, width: usize, left: bool, fill: u8)
         return;
     }
     let n = width - len;
-    if left {
-        out.resize(out.len() + n, fill);
-    } else {
-        let end = out.len();
-        out.resize(end + n, fill);
-        out.copy_within(start..end, start + n);
-        out[start..start + n].fill(fill);
+    let end = out.len();
+    out.resize(end + n, fill);
+    if !left {
+        // values are short: moved byte by byte, without memmove and memset calls
+        for i in (start..end).rev() {
+            out[i + n] = out[i];
+        }
+        for b in &mut out[start..start + n] {
+            *b = fill;
+        }
     }
 }
 
@@ -1173,10 +1179,12 @@ impl SquidField {
     fn new(code: Code, enc: SquidEnc, left: bool, zero: bool, width: usize, max: Option<usize>) -> SquidField {
         let numeric = code.is_numeric();
         let (esc, quote) = match enc {
-            SquidEnc::Default => match code {
+            SquidEnc::Default => match &code {
                 Code::User => (Esc::UrlKeepPercent, None),
-                // numbers and the codes sekisho writes itself are left as they are
+                // numbers and the codes sekisho writes itself are left as they
+                // are, and so is a date whose pattern has no control byte
                 _ if numeric || code.is_plain_text() => (Esc::Raw, None),
+                Code::Date(_, d) if d.plain => (Esc::Raw, None),
                 _ => (Esc::Ctrl, None),
             },
             SquidEnc::Quote => (Esc::Quote, Some(b'"')),
@@ -2205,6 +2213,10 @@ mod tests {
         r.request_time = at(1_700_000_000, 5);
         assert_eq!(sq("%ts.%03tu", &r), "1700000000.005");
         assert_eq!(sq("%tu", &r), "5");
+        assert_eq!(sq("%13ts|%-5tu|", &r), "   1700000000|5    |");
+        // a date is left as written unless its own pattern holds a control byte
+        assert_eq!(sq("%{%Y-%m %a}tg", &r), "2023-11 Tue");
+        assert_eq!(sq("%{%Y\u{1}%m\t}tg", &r), "2023%0111%09");
 
         r.user = Some(Arc::from("a\"b\\c\n\u{1}"));
         assert_eq!(sq("%\"un", &r), "\"a\\\"b\\\\c\\n\\x01\"");
