@@ -269,21 +269,12 @@ impl<T> Lot<T> {
                         last_seen = seen;
                     } else if seen != trimmed {
                         trimmed = seen;
-                        // it walks the heap: not on a thread that serves connections
-                        tokio::task::spawn_blocking(trim);
+                        // each runtime thread gives its free pages back when it is next idle
+                        crate::runtime::release_memory();
                     }
                 }
             }
         }
-    }
-}
-
-/// Gives free heap pages back to the system.
-fn trim() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -631,6 +631,7 @@ pub fn run(cfg: Config, start: Start) -> Result<(), String> {
     };
     let rt = builder
         .enable_all()
+        .on_thread_park(on_idle)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let state = rt.block_on(start_and_wait(cfg, start))?;
@@ -639,6 +640,32 @@ pub fn run(cfg: Config, start: Start) -> Result<(), String> {
     state.log.load().close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How many times free heap pages were asked back; see [`release_memory`].
+static RELEASE: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every runtime thread to give the heap pages it holds free back to
+/// the system the next time it has nothing to do (after parked sessions
+/// freed theirs). The allocator (mimalloc) keeps free pages per thread, so
+/// each thread has to do it for itself.
+pub fn release_memory() {
+    RELEASE.fetch_add(1, Relaxed);
+}
+
+/// Runs on a runtime thread that is about to wait for work.
+fn on_idle() {
+    thread_local! {
+        static DONE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let asked = RELEASE.load(Relaxed);
+    DONE.with(|done| {
+        if done.get() != asked {
+            done.set(asked);
+            // SAFETY: mi_collect only returns pages the allocator holds free.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
+    });
 }
 
 /// The global `maxconn` when the file sets none: room for two descriptors per
