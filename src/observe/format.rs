@@ -1076,10 +1076,9 @@ fn all_plain(bytes: &[u8], esc: Esc) -> bool {
 
 /// Escape `out[start..]` in place with `esc`, wrapping it in `quote` when
 /// given. Works backwards from the end so no temporary buffer is needed.
-#[inline]
 fn escape_tail(out: &mut Vec<u8>, start: usize, esc: Esc, quote: Option<u8>) {
     // most values need no escape at all; finding out is one pass without
-    // branches (eight bytes per step in the default style), in the caller
+    // branches (eight bytes per step in the default style)
     if quote.is_none() && (esc == Esc::Raw || all_plain(&out[start..], esc)) {
         return;
     }
