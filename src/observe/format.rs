@@ -141,13 +141,14 @@ impl LogFormat {
     pub fn render(&self, rec: &Record, out: &mut Vec<u8>) {
         match &self.kind {
             Kind::Tokens(toks) => {
+                let mut split = Split::default();
                 for tok in toks {
                     match tok {
                         // the separators are mostly one byte: no call to memcpy for those
                         Tok::Lit(s) if s.len() == 1 => out.push(s[0]),
                         Tok::Lit(s) => out.extend_from_slice(s),
-                        Tok::Squid(f) => f.render(rec, out),
-                        Tok::Hap(f) => f.render(rec, out),
+                        Tok::Squid(f) => f.render(rec, &mut split, out),
+                        Tok::Hap(f) => f.render(rec, &mut split, out),
                     }
                 }
             }
@@ -285,6 +286,23 @@ impl Code {
         )
     }
 
+    /// Parts of the request line: a method, URI and version as the `http`
+    /// types hold them never contain a control byte (they are rejected when
+    /// parsed or built), so the default Squid escaping has nothing to do.
+    fn is_request_token(&self) -> bool {
+        matches!(
+            self,
+            Code::Method
+                | Code::Uri
+                | Code::PathQuery
+                | Code::Path
+                | Code::Query
+                | Code::VersionNum
+                | Code::VersionHttp
+                | Code::RequestLine
+        )
+    }
+
     fn is_numeric(&self) -> bool {
         matches!(
             self,
@@ -309,25 +327,25 @@ impl Code {
     }
 
     /// Append the raw value; append nothing when the value is absent.
-    fn write(&self, rec: &Record, out: &mut Vec<u8>) {
+    fn write(&self, rec: &Record, split: &mut Split, out: &mut Vec<u8>) {
         match self {
             Code::Epoch(w) => {
-                if let Some((s, _)) = split_time(time_of(rec, *w)) {
+                if let Some((s, _)) = split.of(rec, *w) {
                     push_i64(out, s);
                 }
             }
             Code::SubMillis(w) => {
-                if let Some((_, n)) = split_time(time_of(rec, *w)) {
+                if let Some((_, n)) = split.of(rec, *w) {
                     push_u64(out, u64::from(n / 1_000_000));
                 }
             }
             Code::SubMillis3(w) => {
-                if let Some((_, n)) = split_time(time_of(rec, *w)) {
+                if let Some((_, n)) = split.of(rec, *w) {
                     push_3digits(out, n / 1_000_000);
                 }
             }
             Code::Date(w, d) => {
-                d.write(time_of(rec, *w), out);
+                d.write_split(time_of(rec, *w), split.of(rec, *w), out);
             }
             Code::Millis(span) => push_i64(out, span_ms(rec, *span)),
             Code::ClientIp => push_ip(out, rec.client.ip()),
@@ -537,6 +555,24 @@ fn version_str(v: Version) -> Option<&'static str> {
     })
 }
 
+/// The record's times as [`split_time`] gives them, each worked out at
+/// most once per line however many fields show it.
+#[derive(Default)]
+struct Split {
+    accept: Option<Option<(i64, u32)>>,
+    request: Option<Option<(i64, u32)>>,
+}
+
+impl Split {
+    fn of(&mut self, rec: &Record, w: When) -> Option<(i64, u32)> {
+        let slot = match w {
+            When::Accept => &mut self.accept,
+            When::Request => &mut self.request,
+        };
+        *slot.get_or_insert_with(|| split_time(time_of(rec, w)))
+    }
+}
+
 /// Seconds since the epoch (floored) and the nanoseconds past them; `None`
 /// when the seconds do not fit an `i64`.
 fn split_time(t: SystemTime) -> Option<(i64, u32)> {
@@ -652,7 +688,12 @@ impl DateFmt {
 
     /// Append `t` formatted; on failure append nothing and return false.
     fn write(&self, t: SystemTime, out: &mut Vec<u8>) -> bool {
-        let (Some(cache), Some((secs, nanos))) = (&self.cache, split_time(t)) else {
+        self.write_split(t, split_time(t), out)
+    }
+
+    /// [`DateFmt::write`] with `split` the caller's `split_time(t)`.
+    fn write_split(&self, t: SystemTime, split: Option<(i64, u32)>, out: &mut Vec<u8>) -> bool {
+        let (Some(cache), Some((secs, nanos))) = (&self.cache, split) else {
             return self.write_items(&self.items, t, out);
         };
         let Ok(mut cached) = cache.lock() else {
@@ -796,29 +837,44 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it: built on the stack
-/// and appended at once.
+/// Dotted decimal, as `Ipv4Addr`'s `Display` writes it: each octet is one
+/// four-byte copy from [`OCTETS`], built on the stack and appended at once.
 fn push_v4(out: &mut Vec<u8>, a: std::net::Ipv4Addr) {
-    let mut buf = [0u8; 15];
+    let mut buf = [0u8; 16];
     let mut n = 0;
-    for (i, o) in a.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
+    for o in a.octets() {
+        let (text, len) = OCTETS[usize::from(o)];
+        buf[n..n + 4].copy_from_slice(&text);
+        n += usize::from(len);
+    }
+    // the last octet's dot is left out
+    out.extend_from_slice(&buf[..n - 1]);
+}
+
+/// Each octet's digits followed by a dot (zero-filled to four bytes), and
+/// how many of those bytes count.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let o = i as u8;
+        let mut text = [0u8; 4];
+        let mut n = 0;
         if o >= 100 {
-            buf[n] = b'0' + o / 100;
+            text[n] = b'0' + o / 100;
             n += 1;
         }
         if o >= 10 {
-            buf[n] = b'0' + o / 10 % 10;
+            text[n] = b'0' + o / 10 % 10;
             n += 1;
         }
-        buf[n] = b'0' + o % 10;
-        n += 1;
+        text[n] = b'0' + o % 10;
+        text[n + 1] = b'.';
+        t[i] = (text, n as u8 + 2);
+        i += 1;
     }
-    out.extend_from_slice(&buf[..n]);
-}
+    t
+};
 
 /// A request target as `Uri`'s `Display` writes it: scheme, authority,
 /// path, query.
@@ -1172,6 +1228,8 @@ struct SquidField {
     numeric: bool,
     esc: Esc,
     quote: Option<u8>,
+    /// Written as the code gives it: no width, limit, escaping or quotes.
+    bare: bool,
 }
 
 impl SquidField {
@@ -1180,9 +1238,10 @@ impl SquidField {
         let (esc, quote) = match enc {
             SquidEnc::Default => match &code {
                 Code::User => (Esc::UrlKeepPercent, None),
-                // numbers and the codes sekisho writes itself are left as they
-                // are, and so is a date whose pattern has no control byte
-                _ if numeric || code.is_plain_text() => (Esc::Raw, None),
+                // numbers, the codes sekisho writes itself and the parts of
+                // the request line (checked by the HTTP parser) are left as
+                // they are, and so is a date whose pattern has no control byte
+                _ if numeric || code.is_plain_text() || code.is_request_token() => (Esc::Raw, None),
                 Code::Date(_, d) if d.plain => (Esc::Raw, None),
                 _ => (Esc::Ctrl, None),
             },
@@ -1191,23 +1250,28 @@ impl SquidField {
             SquidEnc::Url => (Esc::Url, None),
             SquidEnc::Raw => (Esc::Raw, None),
         };
+        let max = if numeric { None } else { max };
         SquidField {
             code,
             left,
             zero,
             width,
-            max: if numeric { None } else { max },
+            max,
             numeric,
             esc,
             quote,
+            bare: width == 0 && max.is_none() && esc == Esc::Raw && quote.is_none(),
         }
     }
 
-    fn render(&self, rec: &Record, out: &mut Vec<u8>) {
+    fn render(&self, rec: &Record, split: &mut Split, out: &mut Vec<u8>) {
         let start = out.len();
-        self.code.write(rec, out);
+        self.code.write(rec, split, out);
         if out.len() == start {
             out.push(b'-');
+            return;
+        }
+        if self.bare {
             return;
         }
         if self.width > 0 && self.numeric && self.zero {
@@ -1435,12 +1499,12 @@ struct HapField {
 }
 
 impl HapField {
-    fn render(&self, rec: &Record, out: &mut Vec<u8>) {
-        if self.opts.hex && self.write_hex(rec, out) {
+    fn render(&self, rec: &Record, split: &mut Split, out: &mut Vec<u8>) {
+        if self.opts.hex && self.write_hex(rec, split, out) {
             return;
         }
         let start = out.len();
-        self.code.write(rec, out);
+        self.code.write(rec, split, out);
         if self.code.is_numeric() {
             // Numbers are never quoted nor escaped (as HAProxy).
             if out.len() == start {
@@ -1461,7 +1525,7 @@ impl HapField {
 
     /// `+X`: IPv4 addresses, ports and `%Ts` in hexadecimal. Returns false
     /// when the code has no hexadecimal form (rendered normally then).
-    fn write_hex(&self, rec: &Record, out: &mut Vec<u8>) -> bool {
+    fn write_hex(&self, rec: &Record, split: &mut Split, out: &mut Vec<u8>) -> bool {
         let ip = |ip: IpAddr| match ip.to_canonical() {
             IpAddr::V4(v4) => Some(u32::from(v4)),
             IpAddr::V6(_) => None,
@@ -1486,7 +1550,7 @@ impl HapField {
                 Some(u) => write!(w, "{:04X}", u.port()),
                 None => return false,
             },
-            Code::Epoch(when) => match split_time(time_of(rec, when)) {
+            Code::Epoch(when) => match split.of(rec, when) {
                 Some((s, _)) if s >= 0 => write!(w, "{s:08X}"),
                 _ => return false,
             },
@@ -1691,7 +1755,7 @@ fn json_key(out: &mut Vec<u8>, first: bool, key: &str) {
 fn json_code(out: &mut Vec<u8>, rec: &Record, code: &Code) {
     out.push(b'"');
     let start = out.len();
-    code.write(rec, out);
+    code.write(rec, &mut Split::default(), out);
     if out.len() == start {
         out.pop();
         out.extend_from_slice(b"null");
@@ -1849,13 +1913,16 @@ mod tests {
         let mut out = Vec::new();
         push_i64(&mut out, -42);
         assert_eq!(out, b"-42");
-        for a in [
-            [0, 0, 0, 0],
-            [255, 255, 255, 255],
-            [10, 0, 100, 9],
-            [1, 22, 3, 200],
-            [127, 0, 0, 1],
-        ] {
+        // every octet value in every position, next to short and long ones
+        let mut addrs = vec![[0, 0, 0, 0], [255, 255, 255, 255], [127, 0, 0, 1]];
+        for o in 0..=255u8 {
+            for at in 0..4 {
+                let mut a = [1, 22, 200, 9];
+                a[at] = o;
+                addrs.push(a);
+            }
+        }
+        for a in addrs {
             let ip = std::net::Ipv4Addr::from(a);
             let mut out = Vec::new();
             push_v4(&mut out, ip);
@@ -2037,6 +2104,39 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    /// The request-line codes skip the default Squid escaping because the
+    /// `http` types cannot hold a control byte: if that ever changed, this
+    /// test fails, and those codes must be escaped again.
+    #[test]
+    fn request_line_parts_cannot_hold_control_bytes() {
+        for b in (0u8..0x20).chain([0x7f]) {
+            let c = char::from(b);
+            for uri in [
+                format!("http://ho{c}st/p"),
+                format!("http://host/a{c}b"),
+                format!("http://host/a?q{c}=1"),
+                format!("/a{c}b"),
+                format!("/a?{c}"),
+                format!("ho{c}st:443"),
+            ] {
+                assert!(http::Uri::try_from(uri.as_str()).is_err(), "{uri:?} parsed");
+                assert!(http::Uri::try_from(uri.into_bytes()).is_err());
+            }
+            assert!(
+                http::Method::from_bytes(format!("GE{c}T").as_bytes()).is_err(),
+                "method with {b:#04x}"
+            );
+        }
+        // and the fields really are written as they are
+        assert_eq!(
+            ["%rm", "%ru", "%rp"].map(|c| match &LogFormat::parse(c, Style::Squid).unwrap().kind {
+                Kind::Tokens(t) => matches!(&t[0], Tok::Squid(f) if f.bare),
+                Kind::Json(_) => false,
+            }),
+            [true; 3]
+        );
     }
 
     fn render(f: &LogFormat, rec: &Record) -> String {
