@@ -361,7 +361,24 @@ impl Lines {
     }
 }
 
+/// Makes the calling writer thread a batch thread (`SCHED_BATCH`): when
+/// woken it waits for the next scheduling point instead of preempting the
+/// proxy's runtime thread on the same CPU, and keeps its fair share of CPU
+/// time. A log line may wait a few milliseconds more; no request does.
+fn run_as_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: applies to the calling thread only; `param` is a valid
+    // sched_param, and SCHED_BATCH needs no privilege
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::debug!(
+            "access-log writer stays a normal thread: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Counts) {
+    run_as_batch();
     let write = |buf: &[u8], n: u64, sink: &mut LineSink| {
         if counts.reopen.swap(false, Relaxed) {
             sink.reopen();
@@ -422,6 +439,7 @@ fn line_loop(rx: Receiver<Msg>, lines: &Lines, mut sink: LineSink, counts: &Coun
 }
 
 fn syslog_loop(rx: Receiver<Msg>, format: Arc<LogFormat>, mut sender: syslog::Sender, counts: Arc<Counts>) {
+    run_as_batch();
     loop {
         match rx.recv() {
             Ok(Msg::Record(rec)) => {
@@ -469,6 +487,39 @@ mod tests {
             assert!(Instant::now() < end, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Scheduling policy of each writer thread of this process (field 41 of
+    /// its `stat`): 3 is SCHED_BATCH.
+    fn writer_policies() -> Vec<u32> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            if comm.starts_with("access-log-")
+                && let Some((_, rest)) = stat.rsplit_once(')')
+                && let Some(policy) = rest.split_whitespace().nth(38)
+            {
+                out.push(policy.parse().unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writers_do_not_preempt_the_proxy() {
+        let dir = std::env::temp_dir().join(format!("sekisho-writer-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = AccessLog::start(&[cfg(LogTarget::File(dir.join("access.log")))]).unwrap();
+        log.submit(&record("/1"));
+        wait_for("the line", || log.figures()[0].written == 1);
+        // other tests' writers may be starting too: each turns batch at once
+        wait_for("every writer thread to run as SCHED_BATCH", || {
+            let p = writer_policies();
+            !p.is_empty() && p.iter().all(|&p| p == 3)
+        });
+        log.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
