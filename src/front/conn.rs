@@ -513,37 +513,78 @@ async fn serve_http(
     let mut served = Box::pin(builder.serve_connection(io, svc).with_upgrades());
     // a reload or the shutdown retires this configuration: finish the
     // request in progress, then close
-    let mut stop = conn.cfg.live.retired.subscribe();
+    let retired = &conn.cfg.live.retired;
+    let mut stop = retired.subscribe();
     // a connection retired by a reload before it answered anything serves its
     // first request first: its client sent it to a listener that accepted it
     let mut stopping = false;
     let mut pending = *stop.borrow();
+    // the connection's future is polled about twice per request; the timer and
+    // the retirement are polled once to register this task's waker, and on
+    // later polls only looked at (the timer's state, the channel's version)
+    // until they fire, which wakes this task
+    let seen = retired.subscribe();
+    let changed = stop.changed();
+    tokio::pin!(changed);
+    let mut stop_armed = false;
     let check = tokio::time::sleep_until(conn.activity.next_check(&timeouts).into());
     tokio::pin!(check);
+    let mut check_armed = false;
+    enum Event<T> {
+        Served(T),
+        Check,
+        Retired,
+        Nap,
+    }
     loop {
         if pending && !stopping && (conn.activity.served.load(Relaxed) > 0 || conn.state.is_stopping_hard()) {
             stopping = true;
             served.as_mut().graceful_shutdown();
         }
-        tokio::select! {
-            r = &mut served => {
+        // while the retirement waits on a first request, look again every 50 ms
+        let mut nap = (pending && !stopping).then(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = served.as_mut().poll(cx) {
+                return Poll::Ready(Event::Served(r));
+            }
+            if !check_armed || check.is_elapsed() {
+                if check.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Check);
+                }
+                check_armed = true;
+            }
+            if !pending && (!stop_armed || seen.has_changed().unwrap_or(true)) {
+                if changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Retired);
+                }
+                stop_armed = true;
+            }
+            if let Some(n) = nap.as_mut()
+                && n.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Nap);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Served(r) => {
                 if let Err(e) = r {
                     bad_request(&conn, &e);
                 }
                 break;
             }
-            _ = &mut check => {
+            Event::Check => {
                 if conn.activity.deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!(client = %conn.session.client, "client connection timed out while {}",
                         if conn.activity.phase.load(Relaxed) == IDLE { "idle" } else { "sending its request header" });
                     break;
                 }
                 check.as_mut().reset(conn.activity.next_check(&timeouts).into());
+                check_armed = false;
             }
-            _ = stop.changed(), if !pending => {
-                pending = true;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(50)), if pending && !stopping => {}
+            Event::Retired => pending = true,
+            Event::Nap => {}
         }
     }
 }

@@ -250,6 +250,36 @@ fn full_log_queue_is_counted_not_waited_on() {
     }
 }
 
+/// A reload retires the old configuration: a keep-alive connection idle
+/// between requests is closed at once, not at the end of `client_idle`.
+#[test]
+fn a_reload_closes_idle_keep_alive_connections() {
+    let origin = Origin::start();
+    let p = start(&basic_config("[timeouts]\nclient_idle = \"60s\"\n"));
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // two requests: the connection is polled and waits again between them
+    for _ in 0..2 {
+        s.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/status?code=204")).as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 204"));
+    }
+    let t0 = Instant::now();
+    p.signal(libc::SIGHUP);
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "the idle connection is closed: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(curl_status(&p.proxy(), &origin.url("/echo"), &[]).0, 200);
+}
+
 #[test]
 fn sighup_never_stops_the_daemon() {
     let origin = Origin::start();
