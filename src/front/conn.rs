@@ -548,13 +548,13 @@ async fn serve_http(
                 return Poll::Ready(Event::Served(r));
             }
             if !check_armed || check.is_elapsed() {
-                if check.as_mut().poll(cx).is_ready() {
+                if poll_registering(check.as_mut(), cx).is_ready() {
                     return Poll::Ready(Event::Check);
                 }
                 check_armed = true;
             }
             if !pending && (!stop_armed || seen.has_changed().unwrap_or(true)) {
-                if changed.as_mut().poll(cx).is_ready() {
+                if poll_registering(changed.as_mut(), cx).is_ready() {
                     return Poll::Ready(Event::Retired);
                 }
                 stop_armed = true;
@@ -581,12 +581,21 @@ async fn serve_http(
                     break;
                 }
                 check.as_mut().reset(conn.activity.next_check(&timeouts).into());
+                // a fired timer gives its waker up: set again, it is polled
+                // once more to hold one
                 check_armed = false;
             }
             Event::Retired => pending = true,
             Event::Nap => {}
         }
     }
+}
+
+/// Polls `f` outside the task's cooperative budget: tokio's timers and
+/// channels answer Pending without looking when the budget is spent, and a
+/// Pending here must mean that `f` holds this task's waker.
+fn poll_registering<F: Future + ?Sized>(f: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    Pin::new(&mut tokio::task::unconstrained(f)).poll(cx)
 }
 
 /// A place under the listener's `maxconn_per_source`, given back on drop.

@@ -250,6 +250,38 @@ fn full_log_queue_is_counted_not_waited_on() {
     }
 }
 
+/// The idle timer keeps working after it fired during a long request: the
+/// connection closes `client_idle` after the response.
+#[test]
+fn client_idle_timeout_after_a_long_request() {
+    let origin = Origin::start();
+    let p = start(&basic_config(
+        "[timeouts]\nclient_idle = \"1s\"\nclient_header = \"1s\"\n",
+    ));
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // the origin answers after 2.5 s: the connection's timer fires and is set
+    // again twice while the request waits
+    s.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("/slow?ms=2500")).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    while !got.ends_with(b"slow done") {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "closed before the response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..k]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let t0 = Instant::now();
+    let k = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(k, 0, "the idle keep-alive connection is closed");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
 /// A reload retires the old configuration: a keep-alive connection idle
 /// between requests is closed at once, not at the end of `client_idle`.
 #[test]
